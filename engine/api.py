@@ -1,0 +1,171 @@
+"""The engine's public API: the one seam the CLI, the Blender worker and pipelines use.
+
+Arrays in, arrays out. Frames: "model frame" is the normalised unit sphere, y up
+(see ``frames.py``); results that belong to a user's input are returned in the
+input's own frame.
+
+Example::
+
+    import engine
+    model = engine.open_model("chairs")                 # or a .dsdf file / experiment dir
+    codes = engine.sample_codes(model, count=4, seed=1)
+    mesh = engine.extract_mesh(model, codes[0], engine.MeshConfig(resolution=128))
+    mesh.vertices, mesh.faces                           # (n, 3) float32, (m, 3) int32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .fitting import FitConfig, FitResult, Observations, fit_code
+from .frames import from_model_frame, reference_normalization, to_model_frame
+from .latent import CodePrior
+from .meshing import Mesh, MeshConfig, mesh_sdf
+from .model import ShapeModel
+from .observations import ObservationConfig, observations_from_mesh, observations_from_points
+from .progress import ProgressCallback, scaled
+
+
+def _code_tensor(model: ShapeModel, code: np.ndarray | torch.Tensor | int) -> torch.Tensor:
+    if isinstance(code, (int, np.integer)):
+        return model.code(int(code)).detach()
+    t = torch.as_tensor(np.asarray(code, np.float32) if not isinstance(code, torch.Tensor) else code)
+    t = t.detach().float().reshape(-1).to(model.device)
+    if t.numel() != model.code_length:
+        raise InputError(f"code has length {t.numel()}; the model needs {model.code_length}")
+    if not torch.isfinite(t).all():
+        raise InputError("code has NaN or infinite values")
+    return t
+
+
+def evaluate_sdf(model: ShapeModel, code: np.ndarray | int, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """SDF of the shape ``code`` (a (L,) array or a training index) at points (n, 3), model frame. Returns (n,) float32."""
+    z = _code_tensor(model, code)
+    pts = torch.from_numpy(np.ascontiguousarray(points, np.float32).reshape(-1, 3)).to(model.device)
+    return model.decoder.sdf(z, pts, chunk).cpu().numpy()
+
+
+def extract_mesh(
+    model: ShapeModel,
+    code: np.ndarray | int,
+    config: MeshConfig = MeshConfig(),
+    normalization: tuple[np.ndarray, float] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Mesh:
+    """Mesh the zero level set of ``code`` (a (L,) array or a training index).
+
+    Vertices are in the model frame, or mapped with ``normalization = (offset, scale)``
+    to the frame where ``model = (x + offset) * scale``. Raises NoSurfaceError when
+    the level set is empty in the box.
+    """
+    z = _code_tensor(model, code)
+    dec = model.decoder
+    codes = z.reshape(1, -1)
+    from torch.nn.utils import parametrize
+
+    with parametrize.cached():
+        biases = {k: v.detach() for k, v in dec.code_biases(codes).items()}
+
+        def sdf_fn(xyz: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0]
+
+        def grad_fn(xyz: torch.Tensor) -> torch.Tensor:
+            return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0]
+
+        mesh = mesh_sdf(
+            sdf_fn, config, model.device, max(model.config.hidden_dims), grad_fn, on_progress=on_progress
+        )
+    if normalization is not None:
+        mesh = mesh.transformed(*normalization)
+    return mesh
+
+
+def training_normalization(model: ShapeModel, index: int) -> tuple[np.ndarray, float]:
+    """``(offset (3,), scale)`` of training shape ``index`` (to mesh it in its original frame)."""
+    model.code(index)
+    return model.offsets[index].copy(), float(model.scales[index])
+
+
+def sample_codes(model: ShapeModel, count: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+    """``count`` new codes from a Gaussian fitted to the training codes. Returns (count, L) float32."""
+    prior = CodePrior.fit(model.codes.detach().cpu().numpy())
+    return prior.sample(count, seed, temperature)
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`reconstruct`.
+
+    mesh: in the input's own frame. code: (L,) float32. offset, scale: the
+    input-to-model-frame map used (``model = (x + offset) * scale``). fit: the fit's details.
+    """
+
+    mesh: Mesh
+    code: np.ndarray
+    offset: np.ndarray
+    scale: float
+    fit: FitResult
+
+
+def reconstruct(
+    model: ShapeModel,
+    vertices: np.ndarray,
+    faces: np.ndarray | None = None,
+    known_frame: bool = False,
+    fit: FitConfig = FitConfig(),
+    mesh: MeshConfig = MeshConfig(),
+    observation: ObservationConfig = ObservationConfig(),
+    sensor: np.ndarray | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Reconstruction:
+    """Fit a code to a mesh or point cloud and mesh it, in the input's frame.
+
+    vertices: (n, 3) float, the input's frame; faces: (m, 3) int or None for a
+    point cloud. known_frame: the input is already in the model frame; otherwise
+    it is normalised like the reference (bounding-box centre, radius 1/1.03),
+    which suits complete or nearly complete inputs in the canonical orientation.
+    sensor: (3,) scanner position in the input's frame, orients cloud normals.
+    """
+    vertices = np.asarray(vertices, np.float32).reshape(-1, 3)
+    if len(vertices) == 0:
+        raise InputError("the input has no vertices")
+    if not np.isfinite(vertices).all():
+        raise InputError("the input has NaN or infinite coordinates")
+    if known_frame:
+        offset, scale = np.zeros(3, np.float32), 1.0
+    else:
+        offset, scale = reference_normalization(vertices)
+    local = to_model_frame(vertices, offset, scale)
+    sensor_local = None if sensor is None else to_model_frame(np.asarray(sensor).reshape(1, 3), offset, scale)[0]
+    if faces is not None and len(faces):
+        obs = observations_from_mesh(local, faces, observation, seed=fit.seed)
+    else:
+        obs = observations_from_points(local, sensor=sensor_local, config=observation, seed=fit.seed)
+    total = 1000
+    result = fit_code(model, obs, fit, scaled(on_progress, 0, 600, total))
+    out = extract_mesh(model, result.code, mesh, (offset, scale), scaled(on_progress, 600, 400, total))
+    return Reconstruction(mesh=out, code=result.code, offset=offset, scale=scale, fit=result)
+
+
+def fit_observations(
+    model: ShapeModel, obs: Observations, fit: FitConfig = FitConfig(), on_progress: ProgressCallback | None = None
+) -> FitResult:
+    """Fit a code to explicit SDF observations (model frame). Alias of :func:`fitting.fit_code`."""
+    return fit_code(model, obs, fit, on_progress)
+
+
+__all__ = [
+    "Reconstruction",
+    "evaluate_sdf",
+    "extract_mesh",
+    "fit_observations",
+    "from_model_frame",
+    "reconstruct",
+    "sample_codes",
+    "training_normalization",
+]

@@ -1,0 +1,300 @@
+"""Fitting a shape code to SDF observations (MAP, decoder frozen): reconstruction and completion.
+
+Minimises, for each of ``restarts`` codes run as one batch,
+
+    mean_k w_k * |clamp(f(z, x_k)) - clamp(s_k)|  +  prior_weight * mean(z^2)
+
+where clamp is to ``[-clamp, clamp]`` (the training loss) and, for observations
+marked ``lower_bound`` (known free space), only ``clamp(s_k) > clamp(f)`` is
+penalised. Only the codes receive gradients; the decoder's weight norm is
+computed once per call, and the code's contribution to the first and skip layers
+is folded into a per-code bias. The restart with the lowest loss on all
+observations is returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+from .errors import InputError
+from .model import ShapeModel
+from .progress import ProgressCallback, report
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of one code fit. See ``FIT_PRESETS`` for the named sets."""
+
+    iterations: int = 200
+    """Adam steps. The reference uses 800; measured, 200 from the mean code reaches its quality."""
+    lr: float = 1e-2
+    """Initial learning rate (reference 5e-3)."""
+    schedule: str = "cosine"
+    """``step`` (x ``decay_factor`` at ``decay_at``, the reference) or ``cosine`` (to 1 % at the end)."""
+    decay_at: float = 0.5
+    """Fraction of iterations where the step schedule decays (reference: 400 of 800)."""
+    decay_factor: float = 0.1
+    """Step schedule factor (reference: /10)."""
+    samples_per_iteration: int = 8000
+    """Observations per step (0: all). Reference 8000."""
+    balance_signs: bool = True
+    """Draw half the samples from sdf > 0 and half from sdf <= 0 (reference), when both exist."""
+    clamp: float = 0.1
+    """Clamping distance delta, as in training."""
+    prior_weight: float = 1e-4
+    """Weight of mean(z^2), the code prior (reference 1e-4)."""
+    init: str = "mean"
+    """Start codes: ``normal`` (N(0, init_std^2), reference), ``mean`` (mean training code
+    plus that noise for restarts after the first) or ``nearest`` (the training codes
+    that best explain the observations)."""
+    init_std: float = 0.01
+    """Std of the random start (reference 0.01)."""
+    restarts: int = 1
+    """Codes fitted at once from different starts; the best is kept."""
+    seed: int = 0
+    """Seeds the starts and the sampling: the same inputs give the same code."""
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.restarts < 1:
+            raise InputError("iterations must be >= 0 and restarts >= 1")
+        if self.schedule not in ("step", "cosine", "constant"):
+            raise InputError(f"unknown schedule {self.schedule!r}")
+        if self.init not in ("normal", "mean", "nearest"):
+            raise InputError(f"unknown init {self.init!r}")
+
+
+FIT_PRESETS: dict[str, FitConfig] = {
+    # The reference's reconstruct.py: 800 its, lr 5e-3 /10 at 400, 8000 samples, N(0, 0.01^2).
+    "reference": FitConfig(
+        iterations=800, lr=5e-3, schedule="step", init="normal", samples_per_iteration=8000, restarts=1
+    ),
+    # Our default: see FitConfig field docs; chosen by benchmarks/bench_fit.py.
+    "default": FitConfig(),
+    # Interactive preview: fewer steps.
+    "fast": FitConfig(iterations=80, lr=2e-2),
+}
+
+
+def fit_preset(name: str, **overrides: object) -> FitConfig:
+    """A named :class:`FitConfig` (``reference``, ``default``, ``fast``) with fields overridden."""
+    try:
+        base = FIT_PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown fit preset {name!r}; choose {sorted(FIT_PRESETS)}") from None
+    return replace(base, **overrides) if overrides else base
+
+
+@dataclass
+class Observations:
+    """SDF observations of one shape, in the model frame.
+
+    points: (n, 3) float32. sdf: (n,) float32 (negative inside). weights: (n,)
+    float32 or None (all 1). lower_bound: (n,) bool or None: where True the value
+    is only a lower bound (free space known to be outside by at least ``sdf``).
+    """
+
+    points: np.ndarray
+    sdf: np.ndarray
+    weights: np.ndarray | None = None
+    lower_bound: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.points = np.asarray(self.points, np.float32).reshape(-1, 3)
+        self.sdf = np.asarray(self.sdf, np.float32).reshape(-1)
+        n = len(self.points)
+        if len(self.sdf) != n:
+            raise InputError(f"{n} points but {len(self.sdf)} SDF values")
+        if n == 0:
+            raise InputError("no observations to fit a code to")
+        if not (np.isfinite(self.points).all() and np.isfinite(self.sdf).all()):
+            raise InputError("observations contain NaN or infinite values")
+        if self.weights is not None:
+            self.weights = np.asarray(self.weights, np.float32).reshape(n)
+        if self.lower_bound is not None:
+            self.lower_bound = np.asarray(self.lower_bound, bool).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit_code`.
+
+    code: (code_length,) float32 numpy, the best restart. loss: its loss on all
+    observations. restart_losses: (restarts,) the same for every restart.
+    codes: (restarts, code_length) all final codes. history: mean batch loss per step.
+    """
+
+    code: np.ndarray
+    loss: float
+    restart_losses: np.ndarray
+    codes: np.ndarray
+    history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _learning_rate(config: FitConfig, step: int) -> float:
+    if config.schedule == "step":
+        every = max(1, int(config.iterations * config.decay_at))
+        return config.lr * config.decay_factor ** (step // every)
+    if config.schedule == "cosine":
+        t = step / max(1, config.iterations)
+        return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+    return config.lr
+
+
+def _per_point_loss(pred: torch.Tensor, target: torch.Tensor, lower: torch.Tensor | None, clamp: float) -> torch.Tensor:
+    p = pred.clamp(-clamp, clamp)
+    t = target.clamp(-clamp, clamp)
+    err = (p - t).abs()
+    if lower is not None:
+        err = torch.where(lower, (t - p).clamp(min=0), err)
+    return err
+
+
+class _Sampler:
+    """Draws sample indices per step: half from sdf > 0 and half from sdf <= 0 like the reference."""
+
+    def __init__(self, sdf: np.ndarray, count: int, balance: bool, generator: torch.Generator) -> None:
+        self.n = len(sdf)
+        self.count = count if 0 < count < self.n else 0
+        self.gen = generator
+        pos = np.flatnonzero(sdf > 0)
+        neg = np.flatnonzero(sdf <= 0)
+        self.groups = None
+        if self.count and balance and len(pos) and len(neg):
+            self.groups = (torch.from_numpy(pos), torch.from_numpy(neg))
+
+    def draw(self) -> torch.Tensor | None:
+        if not self.count:
+            return None
+        if self.groups is None:
+            return torch.randint(self.n, (self.count,), generator=self.gen)
+        half = self.count // 2
+        out = []
+        for group, k in zip(self.groups, (half, self.count - half), strict=True):
+            out.append(group[torch.randint(len(group), (k,), generator=self.gen)])
+        return torch.cat(out)
+
+
+@torch.no_grad()
+def code_losses(
+    model: ShapeModel,
+    codes: torch.Tensor,
+    obs: Observations,
+    config: FitConfig = FitConfig(),
+    chunk: int = 32768,
+) -> torch.Tensor:
+    """Objective of each code on all observations. codes: (b, L). Returns (b,)."""
+    dev = model.device
+    pts = torch.from_numpy(obs.points).to(dev)
+    tgt = torch.from_numpy(obs.sdf).to(dev)
+    w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
+    lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
+    dec = model.decoder
+    total = torch.zeros(len(codes), device=dev)
+    with parametrize.cached():
+        biases = dec.code_biases(codes)
+        for s in range(0, len(pts), chunk):
+            sl = slice(s, s + chunk)
+            pred = dec.forward_codes(codes, pts[sl].unsqueeze(0).expand(len(codes), -1, -1), biases)
+            err = _per_point_loss(pred, tgt[sl], None if lo is None else lo[sl], config.clamp)
+            total += (err * w[sl] if w is not None else err).sum(dim=1)
+    norm = float(obs.weights.sum()) if obs.weights is not None else float(len(obs))
+    return total / max(norm, 1e-12) + config.prior_weight * codes.pow(2).mean(dim=1)
+
+
+def _initial_codes(model: ShapeModel, obs: Observations, config: FitConfig, gen: torch.Generator) -> torch.Tensor:
+    L, R = model.code_length, config.restarts
+    noise = torch.randn(R, L, generator=gen) * config.init_std
+    if config.init == "normal":
+        return noise
+    if config.init == "mean":
+        noise[0] = 0
+        return model.codes.detach().cpu().mean(dim=0, keepdim=True) + noise
+    # nearest: rank the training codes on a subsample of the observations.
+    k = min(len(obs), 2048)
+    pick = torch.randperm(len(obs), generator=gen)[:k].numpy()
+    sub = Observations(
+        obs.points[pick],
+        obs.sdf[pick],
+        None if obs.weights is None else obs.weights[pick],
+        None if obs.lower_bound is None else obs.lower_bound[pick],
+    )
+    losses = torch.cat(
+        [code_losses(model, model.codes[s : s + 64], sub, config) for s in range(0, model.num_shapes, 64)]
+    ).cpu()
+    order = torch.argsort(losses)
+    base = model.codes.detach().cpu()[order[torch.arange(R) % len(order)]]
+    return base + torch.where(torch.arange(R)[:, None] < len(order), 0.0, 1.0) * noise
+
+
+def fit_code(
+    model: ShapeModel,
+    obs: Observations,
+    config: FitConfig = FitConfig(),
+    on_progress: ProgressCallback | None = None,
+) -> FitResult:
+    """Fit a code to ``obs`` with the decoder frozen; returns the best of ``config.restarts``."""
+    t0 = time.perf_counter()
+    dev = model.device
+    dec = model.decoder
+    gen = torch.Generator().manual_seed(config.seed)
+    codes = _initial_codes(model, obs, config, gen).to(dev).requires_grad_(True)
+    pts = torch.from_numpy(obs.points).to(dev)
+    tgt = torch.from_numpy(obs.sdf).to(dev)
+    w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
+    lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
+    sampler = _Sampler(obs.sdf, config.samples_per_iteration, config.balance_signs, gen)
+    opt = torch.optim.Adam([codes], lr=config.lr)
+    history: list[float] = []
+    was_training = dec.training
+    grads = [p.requires_grad for p in dec.parameters()]
+    dec.eval()
+    try:
+        for p in dec.parameters():
+            p.requires_grad_(False)
+        with parametrize.cached():
+            for step in range(config.iterations):
+                for group in opt.param_groups:
+                    group["lr"] = _learning_rate(config, step)
+                idx = sampler.draw()
+                if idx is None:
+                    x, t, ww, ll = pts, tgt, w, lo
+                else:
+                    idx = idx.to(dev)
+                    x, t = pts[idx], tgt[idx]
+                    ww = None if w is None else w[idx]
+                    ll = None if lo is None else lo[idx]
+                pred = dec.forward_codes(codes, x.unsqueeze(0).expand(len(codes), -1, -1))
+                err = _per_point_loss(pred, t, ll, config.clamp)
+                data = (err * ww).sum(1) / ww.sum().clamp(min=1e-12) if ww is not None else err.mean(1)
+                loss = data + config.prior_weight * codes.pow(2).mean(dim=1)
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+                if step % 10 == 0 or step == config.iterations - 1:
+                    history.append(float(loss.detach().mean()))
+                    report(on_progress, step + 1, config.iterations, "fitting code")
+    finally:
+        for p, g in zip(dec.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        dec.train(was_training)
+    final = codes.detach()
+    losses = code_losses(model, final, obs, config).cpu().numpy()
+    best = int(np.argmin(losses))
+    return FitResult(
+        code=final[best].cpu().numpy().astype(np.float32),
+        loss=float(losses[best]),
+        restart_losses=losses,
+        codes=final.cpu().numpy().astype(np.float32),
+        history=history,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,42 @@
+"""The model frame and the reference normalisation that maps a shape into it.
+
+Model frame: the shape centred on its bounding-box centre and scaled so its
+farthest vertex lies at radius 1/1.03 (~0.971), y up, as the reference's
+preprocessing does. ``model = (original + offset) * scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+RADIUS_MARGIN = 1.03
+"""The reference divides by 1.03 x the largest vertex radius (shape within r ~ 0.971)."""
+
+
+def reference_normalization(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(offset (3,), scale)`` centring the bounding box and fitting radius 1/1.03.
+
+    vertices: (n, 3) float, original frame.
+    """
+    v = np.asarray(vertices, np.float64).reshape(-1, 3)
+    if len(v) == 0:
+        raise InputError("cannot normalise an empty point set")
+    if not np.isfinite(v).all():
+        raise InputError("the input has NaN or infinite coordinates")
+    offset = -0.5 * (v.min(axis=0) + v.max(axis=0))
+    radius = float(np.linalg.norm(v + offset, axis=1).max())
+    if radius <= 0:
+        raise InputError("the input has no extent (all points coincide)")
+    return offset.astype(np.float32), float(1.0 / (RADIUS_MARGIN * radius))
+
+
+def to_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np.ndarray:
+    """points (n, 3) original frame -> (n, 3) float32 model frame."""
+    return ((np.asarray(points, np.float64) + offset) * scale).astype(np.float32)
+
+
+def from_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np.ndarray:
+    """points (n, 3) model frame -> (n, 3) float32 original frame."""
+    return (np.asarray(points, np.float64) / scale - offset).astype(np.float32)
