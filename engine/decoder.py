@@ -37,12 +37,12 @@ class DecoderConfig:
     """Width of each hidden layer; a final ``-> 1`` layer follows. Paper: 8 x 512."""
     skip_layers: tuple[int, ...] = (4,)
     """Layers whose input is ``[previous, z, xyz]`` (the paper's latent_in)."""
-    norm_layers: tuple[int, ...] = tuple(range(8))
-    """Layers with weight norm (or LayerNorm when ``weight_norm`` is False)."""
+    norm_layers: tuple[int, ...] | None = None
+    """Layers with weight norm (or LayerNorm when ``weight_norm`` is False); None: every hidden layer."""
     weight_norm: bool = True
     """Weight normalisation (Salimans & Kingma) on ``norm_layers``, as in the paper."""
-    dropout_layers: tuple[int, ...] = tuple(range(8))
-    """Hidden layers followed by dropout during training."""
+    dropout_layers: tuple[int, ...] | None = None
+    """Hidden layers followed by dropout during training; None: every hidden layer."""
     dropout_prob: float = 0.2
     """Dropout probability in training (the paper's 0.2); inference never drops."""
     xyz_in_all: bool = False
@@ -54,6 +54,9 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         n = len(self.hidden_dims)
+        for name in ("norm_layers", "dropout_layers"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, tuple(range(n)))
         if self.code_length < 0:
             raise ValueError("code_length must be >= 0")
         if n < 1:
@@ -61,7 +64,7 @@ class DecoderConfig:
         for s in self.skip_layers:
             if not 1 <= s < n:
                 raise ValueError(f"skip layer {s} must be in [1, {n - 1}]")
-            reduced = self.hidden_dims[s - 1] - self.input_dim - (3 if self.xyz_in_all else 0)
+            reduced = self.hidden_dims[s - 1] - self.input_dim
             if reduced <= 0:
                 raise ValueError(f"layer {s - 1} is too narrow for a skip of {self.input_dim} inputs")
         for name in ("norm_layers", "dropout_layers"):
@@ -92,13 +95,7 @@ class DecoderConfig:
 
 
 def _small_config() -> DecoderConfig:
-    return DecoderConfig(
-        code_length=64,
-        hidden_dims=(256,) * 6,
-        skip_layers=(3,),
-        norm_layers=tuple(range(6)),
-        dropout_layers=tuple(range(6)),
-    )
+    return DecoderConfig(code_length=64, hidden_dims=(256,) * 6, skip_layers=(3,))
 
 
 DECODER_PRESETS: dict[str, DecoderConfig] = {
@@ -144,7 +141,7 @@ class Decoder(nn.Module):
             out_dim = dims[i + 1]
             if i + 1 in c.skip_layers:
                 out_dim -= c.input_dim
-            if c.xyz_in_all and i != n_lin - 1:
+            elif c.xyz_in_all and i != n_lin - 1:
                 out_dim -= 3
             in_dim = dims[i]
             lin = nn.Linear(in_dim, out_dim)
