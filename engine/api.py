@@ -77,9 +77,7 @@ def extract_mesh(
         def grad_fn(xyz: torch.Tensor) -> torch.Tensor:
             return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0]
 
-        mesh = mesh_sdf(
-            sdf_fn, config, model.device, max(model.config.hidden_dims), grad_fn, on_progress=on_progress
-        )
+        mesh = mesh_sdf(sdf_fn, config, model.device, max(model.config.hidden_dims), grad_fn, on_progress=on_progress)
     if normalization is not None:
         mesh = mesh.transformed(*normalization)
     return mesh

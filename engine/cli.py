@@ -213,9 +213,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mesh_many(
-    model, codes: np.ndarray, names: list[str], out_dir: Path, args: argparse.Namespace, label: str
-) -> int:
+def _mesh_many(model, codes: np.ndarray, names: list[str], out_dir: Path, args: argparse.Namespace, label: str) -> int:
     from .api import extract_mesh
     from .meshio import save_mesh
 
@@ -236,7 +234,10 @@ def _mesh_many(
         progress.close()
     for line in failed:
         print(f"warning: {line}", file=sys.stderr)
-    print(f"{label}: wrote {written} meshes and codes to {out_dir}" + (f"; {len(failed)} had no surface" if failed else ""))
+    print(
+        f"{label}: wrote {written} meshes and codes to {out_dir}"
+        + (f"; {len(failed)} had no surface" if failed else "")
+    )
     if written == 0:
         raise NoSurfaceError("none of the codes produced a surface", "empty")
     return 0

@@ -233,11 +233,7 @@ class Decoder(nn.Module):
                 x = F.linear(xyz, w[:, -3:]) + biases[0].unsqueeze(1)
             elif i in c.skip_layers:
                 n_prev = w.shape[1] - c.input_dim
-                x = (
-                    F.linear(x, w[:, :n_prev])
-                    + F.linear(xyz, w[:, -3:])
-                    + biases[i].unsqueeze(1)
-                )
+                x = F.linear(x, w[:, :n_prev]) + F.linear(xyz, w[:, -3:]) + biases[i].unsqueeze(1)
             elif c.xyz_in_all:
                 x = lin(torch.cat([x, xyz], dim=-1))
             else:
@@ -256,8 +252,7 @@ class Decoder(nn.Module):
         with parametrize.cached():
             biases = self.code_biases(codes)
             parts = [
-                self.forward_codes(codes, xyz[s : s + chunk].unsqueeze(0), biases)[0]
-                for s in range(0, len(xyz), chunk)
+                self.forward_codes(codes, xyz[s : s + chunk].unsqueeze(0), biases)[0] for s in range(0, len(xyz), chunk)
             ]
         return torch.cat(parts) if parts else xyz.new_zeros(0)
 

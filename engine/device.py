@@ -40,8 +40,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(
-                f"Device {name!r} was requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) exist."
+                f"Device {name!r} was requested but only {torch.cuda.device_count()} CUDA device(s) exist."
             )
         return dev
     if name in ("mps", "apple"):

@@ -209,7 +209,13 @@ def sparse_grid(
         mask = flags[np.ix_(to_cell, to_cell, to_cell)]
         idx = np.argwhere(mask)
         fine[mask] = _eval_points(
-            sdf_fn, grid_points(idx, n_fine, box), device, chunk, on_progress, evaluated, max(total, evaluated + len(idx))
+            sdf_fn,
+            grid_points(idx, n_fine, box),
+            device,
+            chunk,
+            on_progress,
+            evaluated,
+            max(total, evaluated + len(idx)),
         )
         evaluated += len(idx)
         values = fine

@@ -58,7 +58,9 @@ def f_score(points_pred: np.ndarray, points_true: np.ndarray, threshold: float) 
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def normal_consistency(points_a: np.ndarray, normals_a: np.ndarray, points_b: np.ndarray, normals_b: np.ndarray) -> float:
+def normal_consistency(
+    points_a: np.ndarray, normals_a: np.ndarray, points_b: np.ndarray, normals_b: np.ndarray
+) -> float:
     """Mean |cos| between each point's normal and its nearest neighbour's, both ways, averaged."""
     _, ia = _nearest(points_a, points_b)
     _, ib = _nearest(points_b, points_a)

@@ -65,9 +65,7 @@ class ShapeModel:
     def __post_init__(self) -> None:
         n = len(self.codes)
         if self.codes.ndim != 2 or self.codes.shape[1] != self.config.code_length:
-            raise ModelFileError(
-                f"codes have shape {tuple(self.codes.shape)}, expected (n, {self.config.code_length})"
-            )
+            raise ModelFileError(f"codes have shape {tuple(self.codes.shape)}, expected (n, {self.config.code_length})")
         if len(self.shape_names) != n:
             raise ModelFileError(f"{len(self.shape_names)} shape names for {n} codes")
         self.offsets = np.asarray(self.offsets, dtype=np.float32).reshape(n, 3)
@@ -247,14 +245,12 @@ def build_decoder(config: DecoderConfig, state: dict[str, torch.Tensor], source:
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ModelFileError(
-            f"{source}: weights do not match the decoder config "
-            f"(missing {missing[:4]}, unexpected {unexpected[:4]})."
+            f"{source}: weights do not match the decoder config (missing {missing[:4]}, unexpected {unexpected[:4]})."
         )
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ModelFileError(
-                f"{source}: weight {key} has shape {tuple(value.shape)}, "
-                f"the config needs {tuple(expected[key].shape)}."
+                f"{source}: weight {key} has shape {tuple(value.shape)}, the config needs {tuple(expected[key].shape)}."
             )
         if not torch.isfinite(value).all():
             raise ModelFileError(f"{source}: weight {key} contains NaN or infinite values.")

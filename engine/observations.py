@@ -66,7 +66,9 @@ def _far_shell(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return (d * r[:, None]).astype(np.float32), (r - 1.0 / RADIUS_MARGIN).astype(np.float32)
 
 
-def _assemble(surface: np.ndarray, normals: np.ndarray, config: ObservationConfig, rng: np.random.Generator) -> Observations:
+def _assemble(
+    surface: np.ndarray, normals: np.ndarray, config: ObservationConfig, rng: np.random.Generator
+) -> Observations:
     eta = config.eta
     far, far_sdf = _far_shell(config.far_points, rng)
     pts = np.concatenate([surface, surface + eta * normals, surface - eta * normals, far])

@@ -23,9 +23,7 @@ def report(on_progress: ProgressCallback | None, done: int, total: int, message:
         raise CancelledError(f"Cancelled during {message or 'work'} ({done}/{total}).")
 
 
-def scaled(
-    on_progress: ProgressCallback | None, start: int, span: int, total: int
-) -> ProgressCallback | None:
+def scaled(on_progress: ProgressCallback | None, start: int, span: int, total: int) -> ProgressCallback | None:
     """A callback that maps a sub-task's ``(done, total)`` into ``[start, start+span]`` of ``total``."""
     if on_progress is None:
         return None

@@ -37,10 +37,14 @@ def union(*fns):
     return f
 
 
-def table(leg: float = 0.02):
-    """A table: a thin top and four thin legs (thin parts for meshing tests)."""
+def table(leg: float = 0.02, gap: float = 0.0):
+    """A table: a thin top and four thin legs (thin parts for meshing tests).
+
+    gap > 0 detaches the legs from the top so each is its own component.
+    """
     top = box((0.6, 0.03, 0.4), (0.0, 0.3, 0.0))
-    legs = [box((leg, 0.3, leg), (sx * 0.5, -0.03, sz * 0.3)) for sx in (-1, 1) for sz in (-1, 1)]
+    half = 0.3 - gap / 2
+    legs = [box((leg, half, leg), (sx * 0.5, -0.03 - gap / 2, sz * 0.3)) for sx in (-1, 1) for sz in (-1, 1)]
     return union(top, *legs)
 
 

@@ -1,0 +1,152 @@
+"""The command line end to end on a tiny model, through a real subprocess where it matters."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import trimesh
+
+from engine.cli import main
+from tests.analytic import SHAPES, analytic_mesh
+from tests.conftest import REPO
+
+
+def run(*args: str) -> int:
+    return main([*map(str, args), "-q"])
+
+
+def test_import_info_export(reference_fixture, tmp_path, capsys):
+    model_path = tmp_path / "ref.dsdf"
+    assert run("import-deepsdf", reference_fixture / "experiment", "--out", model_path) == 0
+    assert run("info", model_path, "--json") == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["num_shapes"] == 3 and info["code_length"] == 256 and info["parameters"] == 1_843_195
+    assert run("export-deepsdf", model_path, "--out", tmp_path / "exp") == 0
+    assert (tmp_path / "exp" / "ModelParameters" / "latest.pth").is_file()
+
+
+def test_mesh_generate_interpolate_evaluate(tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "box.ply"
+    assert run("mesh", "--model", tiny_model_file, "--index", 1, "--resolution", 48, "--out", out, "--normals") == 0
+    mesh = trimesh.load(out, process=False)
+    assert mesh.is_watertight and len(mesh.faces) > 500
+    np.testing.assert_allclose(mesh.bounds[1], [0.45, 0.3, 0.35], atol=0.05)
+
+    assert (
+        run(
+            "generate",
+            "--model",
+            tiny_model_file,
+            "--count",
+            2,
+            "--seed",
+            3,
+            "--temperature",
+            0.3,
+            "--resolution",
+            32,
+            "--out",
+            tmp_path / "gen",
+            "--format",
+            "obj",
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == [
+        "sample_3_000.npy",
+        "sample_3_000.obj",
+        "sample_3_001.npy",
+        "sample_3_001.obj",
+    ]
+
+    assert (
+        run(
+            "interpolate",
+            "--model",
+            tiny_model_file,
+            "--from",
+            0,
+            "--to",
+            "box",
+            "--steps",
+            3,
+            "--resolution",
+            32,
+            "--out",
+            tmp_path / "interp",
+            "--mode",
+            "spherical",
+        )
+        == 0
+    )
+    first = np.load(tmp_path / "interp" / "interp_000.npy")
+    assert np.allclose(first, np.load(tmp_path / "gen" / "sample_3_000.npy")) is False
+    code_path = tmp_path / "interp" / "interp_002.npy"
+    assert (
+        run("mesh", "--model", tiny_model_file, "--code", code_path, "--resolution", 48, "--out", tmp_path / "end.ply")
+        == 0
+    )
+    capsys.readouterr()
+    assert run("evaluate", tmp_path / "end.ply", out, "--json", "--samples", 5000) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["chamfer"] < 1e-3  # the interpolation's last step is the box itself
+
+
+def test_reconstruct_writes_mesh_and_code(tiny_model_file, tmp_path):
+    verts, faces = analytic_mesh(SHAPES["capsule_pair"], 48)
+    src = tmp_path / "scan.obj"
+    trimesh.Trimesh(verts, faces).export(src)
+    before = src.read_bytes()
+    out = tmp_path / "rec.ply"
+    assert (
+        run(
+            "reconstruct",
+            "--model",
+            tiny_model_file,
+            "--input",
+            src,
+            "--out",
+            out,
+            "--known-frame",
+            "--resolution",
+            48,
+            "--iterations",
+            100,
+        )
+        == 0
+    )
+    assert src.read_bytes() == before  # the input is never touched
+    code = np.load(tmp_path / "rec.npy")
+    assert code.shape == (8,)
+    rec = trimesh.load(out)
+    assert abs(rec.bounds[1][0] - verts[:, 0].max()) < 0.05
+
+
+def test_errors_are_one_line_and_nonzero(tiny_model_file, tmp_path):
+    cases = [
+        ["mesh", "--model", tmp_path / "missing.dsdf", "--index", 0, "--out", tmp_path / "x.ply"],
+        ["mesh", "--model", tiny_model_file, "--index", 99, "--out", tmp_path / "x.ply"],
+        ["reconstruct", "--model", tiny_model_file, "--input", tmp_path / "nope.ply", "--out", tmp_path / "x.ply"],
+        ["mesh", "--model", tiny_model_file, "--index", 0, "--resolution", 48, "--out", tmp_path / "x.xyz"],
+    ]
+    for args in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", *map(str, args), "-q"], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 1, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not (tmp_path / "x.ply").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["info", "import-deepsdf", "export-deepsdf", "mesh", "reconstruct", "generate", "interpolate", "evaluate"],
+)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
