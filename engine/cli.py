@@ -8,6 +8,7 @@ usage errors, 130 when interrupted).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -284,6 +285,108 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import SamplingConfig, prepare_dataset
+
+    config = SamplingConfig(samples=args.samples, surface_samples=args.surface_samples, seed=args.seed)
+    progress = TqdmProgress(not args.quiet)
+    t0 = time.perf_counter()
+    try:
+        rep = prepare_dataset(
+            args.meshes, args.out, args.dataset, args.class_name, config, args.workers, args.test_fraction, progress
+        )
+    finally:
+        progress.close()
+    for name, reason in sorted(rep.failed.items()):
+        print(f"warning: skipped {name}: {reason}", file=sys.stderr)
+    per = sorted(rep.seconds_per_mesh.values())
+    timing = f", {np.median(per):.2f} s per mesh (median, per worker)" if per else ""
+    print(
+        f"prepared {len(rep.written)} shapes, {len(rep.skipped)} already done, {len(rep.failed)} failed "
+        f"-> {args.out} ({time.perf_counter() - t0:.1f} s{timing})"
+    )
+    if not rep.written and not rep.skipped:
+        raise InputError("no mesh could be prepared")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import TensorBoardLogger, load_samples, train, train_preset
+
+    overrides = {
+        k: v
+        for k, v in {
+            "decoder": args.decoder,
+            "epochs": args.epochs,
+            "scenes_per_batch": args.scenes_per_batch,
+            "samples_per_scene": args.samples_per_scene,
+            "seed": args.seed,
+            "snapshot_every": args.snapshot_every,
+            "image_every": args.image_every,
+            "amp": args.amp or None,
+        }.items()
+        if v is not None
+    }
+    if args.config:
+        from .training import TrainConfig
+
+        try:
+            text = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
+            config = dataclasses.replace(TrainConfig(**json.loads(text)), **overrides)
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(f"--config is not a training config: {exc}") from None
+    else:
+        config = train_preset(args.preset, **overrides)
+    if args.deterministic:
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+    samples = load_samples(args.data, args.split)
+    logger = TensorBoardLogger(args.tensorboard, config) if args.tensorboard else None
+    progress = TqdmProgress(not args.quiet)
+    try:
+        result = train(
+            samples,
+            config,
+            args.out,
+            args.device,
+            resume=args.resume,
+            on_progress=progress,
+            on_epoch=logger,
+            info={"class_name": args.class_name or Path(args.data).name},
+        )
+    finally:
+        progress.close()
+        if logger is not None:
+            logger.close()
+    print(
+        f"trained {len(samples)} shapes for {config.epochs} epochs -> {args.out} "
+        f"(final loss {result.history[-1]['loss']:.5f}, {result.seconds:.0f} s, "
+        f"{result.samples_per_second:,.0f} samples/s)"
+    )
+    return 0
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model
+    from .fitting import fit_preset
+
+    model = _open(args)
+    fit = fit_preset(args.preset, **({"iterations": args.iterations} if args.iterations else {}))
+    progress = TqdmProgress(not args.quiet)
+    try:
+        rep = evaluate_model(
+            model, args.data, args.split, fit, _mesh_config(args), tuple(args.thresholds), args.limit, progress
+        )
+    finally:
+        progress.close()
+    print(rep.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0 if rep.summary().get("evaluated") else 1
+
+
 # -- parser ---------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -363,13 +466,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
 
-    for extra in _EXTRA_COMMANDS:
-        extra(add)
+    p = add("prepare", cmd_prepare, "Turn meshes into SDF training samples (reference DeepSDF layout).")
+    p.add_argument("meshes", nargs="+", help="mesh files and/or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--dataset", default="Meshes", help="dataset name in the layout (default Meshes)")
+    p.add_argument("--class-name", default="shapes", help="class name in the layout (default shapes)")
+    p.add_argument("--samples", type=int, default=500_000, help="SDF samples per shape (reference 500000)")
+    p.add_argument("--surface-samples", type=int, default=30_000, help="evaluation surface points (30000)")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="share held out in splits/test.json")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU core)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("train", cmd_train, "Train an auto-decoder on prepared data.")
+    p.add_argument("data", help="data directory written by prepare (or the reference layout)")
+    p.add_argument("--out", required=True, help="model file to write (.dsdf); snapshots go beside it")
+    p.add_argument("--preset", default="reference", help="training preset: reference (default) or small")
+    p.add_argument("--config", help="a training config as a JSON file or string (all knobs; options below override)")
+    p.add_argument("--decoder", help="decoder preset (paper, small) or a JSON config")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--scenes-per-batch", type=int)
+    p.add_argument("--samples-per-scene", type=int)
+    p.add_argument("--snapshot-every", type=int)
+    p.add_argument("--image-every", type=int, help="epochs between TensorBoard pictures (0: never)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--split", default="train", help="split name under splits/ or a split file (default train)")
+    p.add_argument("--class-name", help="class name stored in the model (default: the data folder's name)")
+    p.add_argument("--resume", action="store_true", help="continue from the snapshot beside --out")
+    p.add_argument("--tensorboard", help="TensorBoard log directory")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume)")
+    p.add_argument("--device", default="auto")
+
+    p = add("evaluate-model", cmd_evaluate_model, "Reconstruct held-out shapes and report Chamfer, F-score, NC.")
+    p.add_argument("model", help="model file, experiment directory or bundled name")
+    p.add_argument("data", help="data directory written by prepare")
+    p.add_argument("--split", default="test")
+    p.add_argument("--preset", default="default", help="fit preset")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.02], help="F-score thresholds (x size)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
+    p.add_argument("--json", help="write the full report here")
+    p.add_argument("--device", default="auto")
+    _add_mesh_args(p)
     return parser
-
-
-_EXTRA_COMMANDS: list[Callable] = []
-"""Hooks for commands defined in other modules (training, preparation, bench)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,6 +154,31 @@ def sdf_samples(
     return points.astype(np.float32), sdf.astype(np.float32), offset, scale
 
 
+def point_cloud_ply(points: np.ndarray, normals: np.ndarray) -> bytes:
+    """Binary little-endian PLY of points (n, 3) with normals (n, 3), as float32."""
+    data = np.concatenate([points, normals], axis=1).astype("<f4")
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(data)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property float nx\nproperty float ny\nproperty float nz\nend_header\n"
+    )
+    return header.encode() + data.tobytes()
+
+
+def read_point_cloud_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Points (n, 3) and normals (n, 3) or None from a PLY point cloud (any PLY trimesh reads)."""
+    import trimesh
+
+    cloud = trimesh.load(path, process=False)
+    points = np.asarray(cloud.vertices, np.float64)
+    props = getattr(cloud, "metadata", {}).get("_ply_raw", {}).get("vertex", {}).get("data")
+    normals = None
+    if props is not None and all(k in props.dtype.names for k in ("nx", "ny", "nz")):
+        normals = np.stack([props["nx"], props["ny"], props["nz"]], axis=1).astype(np.float64)
+    return points, normals
+
+
 def _id_for(path: Path, taken: set[str]) -> str:
     base = path.stem.replace(" ", "_")
     name = base
@@ -211,11 +236,11 @@ def _prepare_one(job: tuple[str, str, str, str, str, SamplingConfig, int]) -> tu
         )
         import trimesh
 
-        surf, _ = trimesh.sample.sample_surface(
-            trimesh.Trimesh(verts, faces, process=False), config.surface_samples, seed=seed
+        mesh = trimesh.Trimesh(verts, faces, process=False)
+        surf, face_index = trimesh.sample.sample_surface(mesh, config.surface_samples, seed=seed)
+        write_bytes_atomic(
+            out / "SurfaceSamples" / rel / f"{shape_id}.ply", point_cloud_ply(surf, mesh.face_normals[face_index])
         )
-        cloud = trimesh.PointCloud(surf.astype(np.float32))
-        write_bytes_atomic(out / "SurfaceSamples" / rel / f"{shape_id}.ply", cloud.export(file_type="ply"))
         # the samples file is written last: its presence marks the shape as done
         _save_npz_atomic(
             out / "SdfSamples" / rel / f"{shape_id}.npz", pos=rows[rows[:, 3] > 0], neg=rows[rows[:, 3] <= 0]

@@ -317,7 +317,9 @@ def train(
         dev = resolve_device(device)
 
     gen = torch.Generator().manual_seed(config.seed)
-    decoder = Decoder(config.decoder_config())
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        decoder = Decoder(config.decoder_config())
     module = AutoDecoder(decoder, len(samples), config.code_init_std, gen).to(dev)
     opt = torch.optim.Adam(
         [
@@ -427,3 +429,60 @@ def train(
     if distributed:
         dist.barrier()
     return TrainResult(model, state.history, seconds, rows_done * world / max(seconds, 1e-9))
+
+
+class TensorBoardLogger:
+    """An ``on_epoch`` hook writing scalars and, every ``image_every`` epochs, a picture
+    of the first few training shapes meshed at low resolution."""
+
+    def __init__(self, log_dir: str | os.PathLike, config: TrainConfig, shapes: int = 4, resolution: int = 40) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InputError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(log_dir))
+        self.config = config
+        self.shapes = shapes
+        self.resolution = resolution
+
+    def __call__(self, epoch: int, scalars: dict, module: AutoDecoder) -> None:
+        if epoch % max(1, self.config.log_every) == 0 or epoch == self.config.epochs - 1:
+            for key in ("loss", "lr_decoder", "lr_codes", "code_magnitude"):
+                self.writer.add_scalar(f"train/{key}", scalars[key], epoch)
+        every = self.config.image_every
+        if every and (epoch + 1) % every == 0:
+            self.writer.add_image(
+                "train/shapes", preview_image(module, self.shapes, self.resolution), epoch, dataformats="HWC"
+            )
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def preview_image(module: AutoDecoder, shapes: int = 4, resolution: int = 40, size: int = 160) -> np.ndarray:
+    """The first ``shapes`` training codes meshed and rendered side by side: (h, w, 3) uint8."""
+    from .errors import NoSurfaceError
+    from .meshing import MeshConfig, mesh_sdf
+    from .render import image_grid, render_mesh
+
+    dec = module.decoder
+    was_training = dec.training
+    dec.eval()
+    images = []
+    try:
+        for i in range(min(shapes, len(module.codes))):
+            code = module.codes[i : i + 1].detach()
+
+            def sdf_fn(xyz: torch.Tensor, code: torch.Tensor = code) -> torch.Tensor:
+                with torch.no_grad():
+                    return dec.forward_codes(code, xyz.unsqueeze(0))[0]
+
+            try:
+                mesh = mesh_sdf(sdf_fn, MeshConfig(resolution=resolution, method="dense"), code.device)
+                images.append(render_mesh(mesh.vertices, mesh.faces, size))
+            except NoSurfaceError:
+                images.append(np.full((size, size, 3), 235, np.uint8))
+    finally:
+        dec.train(was_training)
+    return image_grid(images, len(images))
