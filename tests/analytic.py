@@ -48,11 +48,27 @@ def table(leg: float = 0.02, gap: float = 0.0):
     return union(top, *legs)
 
 
+def scaled(fn, factor: float):
+    """The SDF of ``fn``'s shape scaled by ``factor`` about the origin."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return factor * fn(x / factor)
+
+    return f
+
+
+R = 1 / 1.03  # the reference normalisation puts every shape's farthest point here
+
+# Training shapes of the tiny model, already in the reference's normalised frame
+# (bounding box centred, farthest point at radius 1/1.03), like real training data.
 SHAPES = {
-    "sphere": sphere(0.55),
-    "box": box(),
-    "capsule_pair": union(sphere(0.3, (-0.35, 0, 0)), sphere(0.3, (0.35, 0, 0)), box((0.35, 0.12, 0.12))),
+    "sphere": sphere(R),
+    "box": scaled(box(), R / float(np.linalg.norm([0.45, 0.3, 0.35]))),
+    "capsule_pair": scaled(
+        union(sphere(0.3, (-0.35, 0, 0)), sphere(0.3, (0.35, 0, 0)), box((0.35, 0.12, 0.12))), R / 0.65
+    ),
 }
+BOX_HALF = np.array([0.45, 0.3, 0.35]) * R / float(np.linalg.norm([0.45, 0.3, 0.35]))
 
 
 def analytic_mesh(fn, resolution: int = 96):

@@ -9,7 +9,7 @@ import pytest
 import trimesh
 
 from engine.cli import main
-from tests.analytic import SHAPES, analytic_mesh
+from tests.analytic import BOX_HALF, SHAPES, analytic_mesh
 from tests.conftest import REPO
 
 
@@ -32,7 +32,7 @@ def test_mesh_generate_interpolate_evaluate(tiny_model_file, tmp_path, capsys):
     assert run("mesh", "--model", tiny_model_file, "--index", 1, "--resolution", 48, "--out", out, "--normals") == 0
     mesh = trimesh.load(out, process=False)
     assert mesh.is_watertight and len(mesh.faces) > 500
-    np.testing.assert_allclose(mesh.bounds[1], [0.45, 0.3, 0.35], atol=0.05)
+    np.testing.assert_allclose(mesh.bounds[1], BOX_HALF, atol=0.05)
 
     assert (
         run(

@@ -74,7 +74,7 @@ def test_reference_preset_is_the_reference():
 
 
 def test_lower_bound_observations_only_push_outward(tiny_model):
-    pts = np.array([[0.6, 0.0, 0.0]], np.float32)  # ~0.05 outside the sphere
+    pts = np.array([[1.02, 0.0, 0.0]], np.float32)  # ~0.05 outside the sphere
     sdf_there = evaluate_sdf(tiny_model, 0, pts)[0]
     obs_ok = Observations(pts, [sdf_there - 0.03], lower_bound=[True])
     obs_bad = Observations(pts, [sdf_there + 0.03], lower_bound=[True])
@@ -96,18 +96,18 @@ def test_bad_observations_are_refused():
 def test_reconstruct_maps_back_to_the_input_frame(tiny_model):
     """A translated and scaled sphere mesh is normalised, fitted, and returned where it was."""
     verts, faces = analytic_mesh(SHAPES["sphere"], 48)
-    # the training sphere has radius 0.55 in the model frame; normalisation maps any
-    # sphere to radius 1/1.03, so use known_frame to test the pure frame mapping.
+    # the training sphere has radius 1/1.03 in the model frame (reference normalisation)
     offset = np.array([3.0, -1.0, 2.0], np.float32)
     moved = verts * 2.0 + offset
     rec = reconstruct(
         tiny_model, verts, faces, known_frame=True, fit=FitConfig(iterations=100), mesh=MeshConfig(resolution=48)
     )
-    assert np.linalg.norm(rec.mesh.vertices, axis=1).mean() == pytest.approx(0.55, abs=0.02)
+    assert np.linalg.norm(rec.mesh.vertices, axis=1).mean() == pytest.approx(1 / 1.03, abs=0.02)
     rec2 = reconstruct(tiny_model, moved, faces, fit=FitConfig(iterations=100), mesh=MeshConfig(resolution=48))
     centre = rec2.mesh.vertices.mean(axis=0)
     np.testing.assert_allclose(centre, offset, atol=0.05)
-    assert rec2.scale == pytest.approx(1 / (1.03 * 1.1), rel=0.02)
+    assert np.linalg.norm(rec2.mesh.vertices - offset, axis=1).mean() == pytest.approx(2 / 1.03, abs=0.04)
+    assert rec2.scale == pytest.approx(1 / (1.03 * 2 / 1.03), rel=0.02)
     with pytest.raises(InputError, match="NaN"):
         reconstruct(tiny_model, np.array([[0, 0, np.inf]] * 4, np.float32))
 

@@ -1,0 +1,298 @@
+"""The extension inside real Blender: install, every operator through the real worker, bad inputs, uninstall."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.blender.conftest import PKG, bpy
+
+MODEL_TO_BLENDER = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], float)
+
+
+def _mesh_object(name, verts, faces=None, location=(0, 0, 0)):
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata([tuple(v) for v in verts], [], [tuple(f) for f in faces] if faces is not None else [])
+    obj = bpy.data.objects.new(name, mesh)
+    obj.location = location
+    bpy.context.collection.objects.link(obj)
+    bpy.context.view_layer.update()  # matrix_world follows location
+    return obj
+
+
+def _world_vertices(obj):
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    m = np.array(obj.matrix_world)
+    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
+
+
+def _box_scan(scale=1.0, offset=(0, 0, 0)):
+    """A box mesh in Blender axes, like the tiny model's 'box' training shape."""
+    from tests.analytic import SHAPES, analytic_mesh
+
+    v, f = analytic_mesh(SHAPES["box"], 40)
+    return (v @ MODEL_TO_BLENDER.T) * scale + np.array(offset), f
+
+
+def _snapshot():
+    return sorted(o.name for o in bpy.data.objects), sorted(m.name for m in bpy.data.meshes)
+
+
+def _run(op, **kw):
+    """Call an operator; returns (result, error message or '')."""
+    try:
+        return op("EXEC_DEFAULT", **kw), ""
+    except RuntimeError as exc:
+        return {"CANCELLED"}, str(exc)
+
+
+def _select(*objs):
+    for o in bpy.context.view_layer.objects:
+        o.select_set(False)
+    for o in objs:
+        o.select_set(True)
+    if objs:
+        bpy.context.view_layer.objects.active = objs[-1]
+
+
+def test_generate_lays_out_upright_shapes_at_the_cursor(scene):
+    scene.cursor.location = (1.0, 2.0, 0.5)
+    result, err = _run(bpy.ops.deepsdf.generate, count=4, seed=3, temperature=0.3, resolution=32)
+    assert result == {"FINISHED"}, err
+    objs = sorted((o for o in bpy.data.objects if o.get("deepsdf_kind") == "generated"), key=lambda o: o.name)
+    assert [o.name for o in objs] == [f"DeepSDF seed3 #{k}" for k in range(4)]
+    for k, obj in enumerate(objs):
+        assert len(obj.data.vertices) > 100 and len(obj.data.polygons) > 100
+        assert len(obj["deepsdf_code"]) == 8 and obj["deepsdf_model"]
+        row, col = divmod(k, 2)
+        np.testing.assert_allclose(obj.location, (1.0 + 2.4 * col, 2.0 - 2.4 * row, 0.5), atol=1e-5)
+        world = _world_vertices(obj)
+        assert world[:, 2].min() == pytest.approx(0.5, abs=1e-4)  # standing on the cursor's plane
+        assert all(p.use_smooth for p in obj.data.polygons[:10])
+    # same seed, same codes
+    codes = [list(o["deepsdf_code"]) for o in objs]
+    bpy.ops.wm.read_homefile(use_empty=True)
+    _run(bpy.ops.deepsdf.generate, count=4, seed=3, temperature=0.3, resolution=32)
+    again = sorted((o for o in bpy.data.objects), key=lambda o: o.name)
+    assert [list(o["deepsdf_code"]) for o in again] == codes
+
+
+def test_complete_lands_on_the_scan_and_leaves_it_alone(scene):
+    verts, faces = _box_scan(scale=2.0)
+    scan = _mesh_object("Scan", verts, faces, location=(3.0, -1.0, 0.5))
+    scan.rotation_euler = (0, 0, 0)
+    before = _world_vertices(scan).copy()
+    matrix = np.array(scan.matrix_world).copy()
+    _select(scan)
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=40, quality="fast")
+    assert result == {"FINISHED"}, err
+    done = bpy.data.objects["Scan completed"]
+    assert done.users_collection[0] == scan.users_collection[0]
+    np.testing.assert_array_equal(_world_vertices(scan), before)  # source untouched
+    np.testing.assert_array_equal(np.array(scan.matrix_world), matrix)
+    world = _world_vertices(done)
+    lo, hi = world.min(0), world.max(0)
+    np.testing.assert_allclose(lo, before.min(0), atol=0.12)  # 2 m box, within a few cm
+    np.testing.assert_allclose(hi, before.max(0), atol=0.12)
+    settings = json.loads(done["deepsdf_settings"])
+    assert settings["scans"] == ["Scan"] and done["deepsdf_kind"] == "completed"
+
+
+def test_complete_uses_modifiers_and_vertex_only_scans(scene):
+    verts, faces = _box_scan()
+    half = verts[:, 0] >= -1e-6
+    keep = np.flatnonzero(half)
+    remap = -np.ones(len(verts), int)
+    remap[keep] = np.arange(len(keep))
+    tri = faces[half[faces].all(axis=1)]
+    scan = _mesh_object("Half", verts[keep], remap[tri])
+    mod = scan.modifiers.new("mirror", "MIRROR")
+    mod.use_axis[0] = True
+    cloud = _mesh_object("Cloud", verts[::3], None, location=(0, 4.0, 0))
+    _select(scan, cloud)
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast")
+    assert result == {"FINISHED"}, err
+    full = _world_vertices(bpy.data.objects["Half completed"])
+    assert full[:, 0].min() < -0.35  # the mirrored half was part of the input
+    pts = _world_vertices(bpy.data.objects["Cloud completed"])
+    np.testing.assert_allclose(pts.mean(0), (0, 4.0, 0), atol=0.1)
+    assert len(scan.data.vertices) == len(keep)  # the modifier was not applied to the source
+
+
+def test_interpolate_remesh_chain_and_animation(scene):
+    _run(bpy.ops.deepsdf.generate, count=2, seed=1, temperature=0.3, resolution=32)
+    a, b = bpy.data.objects["DeepSDF seed1 #0"], bpy.data.objects["DeepSDF seed1 #1"]
+    _select(b, a)  # a is active: it is the start
+    result, err = _run(bpy.ops.deepsdf.interpolate, steps=3, resolution=32)
+    assert result == {"FINISHED"}, err
+    steps = [bpy.data.objects[f"DeepSDF morph {k}/2"] for k in range(3)]
+    np.testing.assert_allclose(list(steps[0]["deepsdf_code"]), list(a["deepsdf_code"]), atol=1e-6)
+    np.testing.assert_allclose(list(steps[2]["deepsdf_code"]), list(b["deepsdf_code"]), atol=1e-6)
+    xs = [o.location.x for o in steps]
+    assert xs[1] - xs[0] == pytest.approx(2.4) and xs[2] - xs[1] == pytest.approx(2.4)
+
+    _select(steps[1])
+    code = list(steps[1]["deepsdf_code"])
+    n_before = len(steps[1].data.vertices)
+    result, err = _run(bpy.ops.deepsdf.remesh, resolution=64, normals=True)
+    assert result == {"FINISHED"}, err
+    assert len(steps[1].data.vertices) > 2 * n_before and list(steps[1]["deepsdf_code"]) == code
+    assert json.loads(steps[1]["deepsdf_settings"])["resolution"] == 64
+
+    _select()
+    result, err = _run(bpy.ops.deepsdf.interpolate, steps=3, index_a=0, index_b=2, animate=True, resolution=24)
+    assert result == {"FINISHED"}, err
+    anim = [o for o in bpy.data.objects if o.get("deepsdf_kind") == "interpolated" and o.animation_data]
+    assert len(anim) == 3
+    start = bpy.context.scene.frame_current
+    for k in range(3):
+        bpy.context.scene.frame_set(start + k)
+        visible = [o.name for o in anim if not o.hide_render]
+        assert visible == [anim[k].name]
+    bpy.context.scene.frame_set(start)
+
+
+def test_complete_then_remesh_keeps_the_frame(scene):
+    verts, faces = _box_scan(scale=0.5)
+    scan = _mesh_object("Small", verts, faces, location=(-2, 0, 1))
+    _select(scan)
+    _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast")
+    done = bpy.data.objects["Small completed"]
+    box_before = _world_vertices(done)
+    _select(done)
+    result, err = _run(bpy.ops.deepsdf.remesh, resolution=48, normals=False)
+    assert result == {"FINISHED"}, err
+    box_after = _world_vertices(done)
+    np.testing.assert_allclose(box_after.min(0), box_before.min(0), atol=0.03)
+    np.testing.assert_allclose(box_after.max(0), box_before.max(0), atol=0.03)
+
+
+def test_bad_inputs_change_nothing(scene, tmp_path):
+    prefs = bpy.context.preferences.addons[PKG].preferences
+    # no selection / only non-mesh objects: the operator is unavailable
+    empty = bpy.data.objects.new("Empty", None)
+    bpy.context.collection.objects.link(empty)
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    bpy.context.collection.objects.link(cam)
+    curve = bpy.data.objects.new("Curve", bpy.data.curves.new("Curve", "CURVE"))
+    bpy.context.collection.objects.link(curve)
+    _select()
+    assert not bpy.ops.deepsdf.complete.poll()
+    _select(empty, cam, curve)
+    assert not bpy.ops.deepsdf.complete.poll()
+
+    no_verts = _mesh_object("Nothing", np.zeros((0, 3)))
+    nan = _mesh_object("NaN", np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.0]]), np.array([[0, 1, 2]]))
+    co = np.array([0, 0, 0, 1, 0, 0, np.nan, 1, 0], np.float32)
+    nan.data.vertices.foreach_set("co", co)
+    for bad, message in ((no_verts, "no vertices"), (nan, "NaN")):
+        _select(bad)
+        before = _snapshot()
+        result, err = _run(bpy.ops.deepsdf.complete, resolution=24, quality="fast")
+        assert result == {"CANCELLED"} and message in err, err
+        assert _snapshot() == before
+
+    verts, faces = _box_scan()
+    good = _mesh_object("Good", verts, faces)
+    _select(good)
+    corrupt = tmp_path / "corrupt.dsdf"
+    corrupt.write_bytes(b"\x00" * 100)
+    for path, message in ((tmp_path / "missing.dsdf", "not found"), (corrupt, "not a readable model file")):
+        prefs.model_file = str(path)
+        before = _snapshot()
+        result, err = _run(bpy.ops.deepsdf.complete, resolution=24, quality="fast")
+        assert result == {"CANCELLED"} and message in err, err
+        assert _snapshot() == before
+    prefs.model_file = os.environ.get("DEEPSDF_TINY", prefs.model_file)
+
+
+def test_engine_python_problems_are_reported(scene, tmp_path, tiny_model_path):
+    prefs = bpy.context.preferences.addons[PKG].preferences
+    prefs.model_file = str(tiny_model_path)
+    prefs.engine_python = str(tmp_path / "nope" / "python3")
+    before = _snapshot()
+    result, err = _run(bpy.ops.deepsdf.generate, count=1, resolution=24)
+    assert result == {"CANCELLED"} and "does not exist" in err
+    assert _snapshot() == before
+    import subprocess
+    import sys
+
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    prefs.engine_python = str(venv / "bin" / "python")
+    result, err = _run(bpy.ops.deepsdf.check_engine)
+    assert result == {"CANCELLED"} and "no PyTorch" in err
+    assert "no PyTorch" in prefs.last_check
+    prefs.engine_python = ""
+    result, err = _run(bpy.ops.deepsdf.check_engine)
+    assert result == {"FINISHED"}, err
+    assert "code length 8" in prefs.last_check
+
+
+def test_worker_killed_mid_job_and_second_job(scene, addon):
+    jobs = addon.jobs
+    client = jobs.client()
+    client.start()
+    before = _snapshot()
+
+    def kill_soon():
+        time.sleep(1.0)
+        client.proc.kill()
+
+    threading.Thread(target=kill_soon, daemon=True).start()
+    result, err = _run(bpy.ops.deepsdf.generate, count=30, resolution=160)
+    assert result == {"CANCELLED"} and "stopped unexpectedly" in err, err
+    assert _snapshot() == before
+    assert not jobs.busy()
+
+    job = jobs.start("sleep", {"seconds": 5}, None)
+    try:
+        result, err = _run(bpy.ops.deepsdf.generate, count=1, resolution=24)
+        assert result == {"CANCELLED"} and "already running" in err
+        assert _snapshot() == before
+    finally:
+        jobs.client().cancel(job)
+        jobs.client().wait(job, timeout=10) if False else None
+        jobs.finish()
+
+
+def test_huge_point_cloud_is_thinned_not_hung(scene):
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((1_100_000, 3))
+    pts = 0.55 * d / np.linalg.norm(d, axis=1, keepdims=True)
+    mesh = bpy.data.meshes.new("Huge")
+    mesh.vertices.add(len(pts))
+    mesh.vertices.foreach_set("co", pts.astype(np.float32).ravel())
+    obj = bpy.data.objects.new("Huge", mesh)
+    bpy.context.collection.objects.link(obj)
+    _select(obj)
+    t0 = time.perf_counter()
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast")
+    assert result == {"FINISHED"}, err
+    assert time.perf_counter() - t0 < 120
+    assert len(bpy.data.objects["Huge completed"].data.vertices) > 100
+
+
+def test_undo_removes_the_result(scene):
+    bpy.ops.ed.undo_push(message="before")
+    _run(bpy.ops.deepsdf.generate, count=1, resolution=24, temperature=0.2)
+    assert "DeepSDF seed0 #0" in bpy.data.objects
+    bpy.ops.ed.undo()
+    assert "DeepSDF seed0 #0" not in bpy.data.objects
+
+
+def test_zz_disable_and_uninstall(addon):
+    import addon_utils
+
+    user_dir = os.path.dirname(os.path.dirname(addon.__file__))
+    addon_utils.disable(PKG)
+    assert PKG not in bpy.context.preferences.addons
+    result = bpy.ops.extensions.package_uninstall(repo_directory=user_dir, pkg_id="deepsdf_blender")
+    assert result == {"FINISHED"}
+    assert not os.path.exists(os.path.join(user_dir, "deepsdf_blender"))
