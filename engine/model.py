@@ -286,6 +286,8 @@ def open_model(spec: str | os.PathLike, device: str | torch.device = "auto") -> 
     if path.exists():
         return load_model(path, device)
     name = str(spec)
+    if os.sep in name or "/" in name or path.suffix:
+        raise ModelFileError(f"Model file not found: {name}")
     if name in bundled_model_names():
         return load_model(BUNDLED_MODELS_DIR / f"{name}{MODEL_SUFFIX}", device)
     known = bundled_model_names()
