@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MODEL_TO_BLENDER = np.array(
-    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
-)
+MODEL_TO_BLENDER = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 """(x, y, z) model -> (x, -z, y) Blender: up y -> z, front +z -> -y. A proper rotation."""
 
 BLENDER_TO_MODEL = MODEL_TO_BLENDER.T

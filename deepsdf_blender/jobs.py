@@ -71,7 +71,9 @@ def start(op: str, params: dict, workdir: str | None, context=None) -> Job:
     return _active
 
 
-def run_sync(op: str, params: dict, workdir: str | None, context=None, timeout: float | None = None) -> tuple[Job, dict]:
+def run_sync(
+    op: str, params: dict, workdir: str | None, context=None, timeout: float | None = None
+) -> tuple[Job, dict]:
     job = start(op, params, workdir, context)
     try:
         return job, client(context).wait(job, timeout=timeout, on_progress=_show_progress)

@@ -89,7 +89,9 @@ def set_confidence(mesh: bpy.types.Mesh, values: np.ndarray) -> None:
     attr.data.foreach_set("color", rgba.ravel())
 
 
-def tag_object(obj: bpy.types.Object, code, identity: str, source: str, kind: str, model_to_local: np.ndarray, settings: dict) -> None:
+def tag_object(
+    obj: bpy.types.Object, code, identity: str, source: str, kind: str, model_to_local: np.ndarray, settings: dict
+) -> None:
     """Store what the operators need to chain (complete -> interpolate -> remesh)."""
     obj[PROP_CODE] = [float(x) for x in code]
     obj[PROP_MODEL] = identity

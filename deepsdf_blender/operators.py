@@ -259,7 +259,11 @@ class DEEPSDF_OT_generate(_EngineOperator, bpy.types.Operator):
     count: IntProperty(name="Count", default=6, min=1, max=100)  # type: ignore[valid-type]
     seed: IntProperty(name="Seed", default=0, min=0)  # type: ignore[valid-type]
     temperature: FloatProperty(  # type: ignore[valid-type]
-        name="Temperature", description="Spread around the mean shape (1: like the training set)", default=0.8, min=0.0, max=3.0
+        name="Temperature",
+        description="Spread around the mean shape (1: like the training set)",
+        default=0.8,
+        min=0.0,
+        max=3.0,
     )
     resolution: IntProperty(name="Resolution", default=128, min=16, max=512)  # type: ignore[valid-type]
 
@@ -287,7 +291,7 @@ class DEEPSDF_OT_generate(_EngineOperator, bpy.types.Operator):
                 maps.append(_upright_map(load_array(shape["mesh"]["vertices"])))
             else:
                 maps.append(MODEL_TO_BLENDER)
-            placements.append(translation(cursor + [col * GRID_SPACING, -row * GRID_SPACING, 0.0]))
+            placements.append(translation(cursor + np.array([col * GRID_SPACING, -row * GRID_SPACING, 0.0])))
             names.append(f"DeepSDF seed{self.seed} #{k}")
         settings = {"seed": self.seed, "temperature": self.temperature, "resolution": self.resolution}
         objs = _shape_objects(context, result, "generated", settings, maps, placements=placements, names=names)
@@ -310,11 +314,16 @@ class DEEPSDF_OT_interpolate(_EngineOperator, bpy.types.Operator):
     steps: IntProperty(name="Steps", description="Shapes including both ends", default=5, min=2, max=64)  # type: ignore[valid-type]
     mode: EnumProperty(  # type: ignore[valid-type]
         name="Mode",
-        items=[("linear", "Linear", "Straight line between codes"), ("spherical", "Spherical", "Slerp: keeps code magnitude")],
+        items=[
+            ("linear", "Linear", "Straight line between codes"),
+            ("spherical", "Spherical", "Slerp: keeps code magnitude"),
+        ],
         default="linear",
     )
     resolution: IntProperty(name="Resolution", default=64, min=16, max=512)  # type: ignore[valid-type]
-    index_a: IntProperty(name="Training Shape A", description="Used when fewer than two DeepSDF objects are selected", default=0, min=0)  # type: ignore[valid-type]
+    index_a: IntProperty(
+        name="Training Shape A", description="Used when fewer than two DeepSDF objects are selected", default=0, min=0
+    )  # type: ignore[valid-type]
     index_b: IntProperty(name="Training Shape B", default=1, min=0)  # type: ignore[valid-type]
     animate: BoolProperty(name="Animate", description="Stack the steps and show one per frame", default=False)  # type: ignore[valid-type]
 
@@ -335,7 +344,9 @@ class DEEPSDF_OT_interpolate(_EngineOperator, bpy.types.Operator):
             if a[PROP_MODEL] != b[PROP_MODEL]:
                 raise InputProblem(f"'{a.name}' and '{b.name}' come from different models; they cannot be morphed.")
             if a.get(PROP_SOURCE) != _common(context)["model"]:
-                raise InputProblem(f"'{a.name}' was made with another model ({a.get(PROP_SOURCE)}); select that model in the preferences.")
+                raise InputProblem(
+                    f"'{a.name}' was made with another model ({a.get(PROP_SOURCE)}); select that model in the preferences."
+                )
             return a, b
         if len([o for o in context.selected_objects if o.type == "MESH"]) >= 2:
             raise InputProblem("Select two objects made by DeepSDF (or none, to morph training shapes).")
@@ -401,9 +412,16 @@ class DEEPSDF_OT_remesh(_EngineOperator, bpy.types.Operator):
         if not is_deepsdf(obj):
             raise InputProblem("The active object was not made by DeepSDF (it has no stored code).")
         if obj.get(PROP_SOURCE) != _common(context)["model"]:
-            raise InputProblem(f"'{obj.name}' was made with another model ({obj.get(PROP_SOURCE)}); select it in the preferences.")
+            raise InputProblem(
+                f"'{obj.name}' was made with another model ({obj.get(PROP_SOURCE)}); select it in the preferences."
+            )
         self._target = obj.name
-        params = {**_common(context), "code": stored_code(obj).tolist(), "resolution": self.resolution, "normals": self.normals}
+        params = {
+            **_common(context),
+            "code": stored_code(obj).tolist(),
+            "resolution": self.resolution,
+            "normals": self.normals,
+        }
         return "remesh", params, None
 
     def apply(self, context, result):
@@ -419,7 +437,9 @@ class DEEPSDF_OT_remesh(_EngineOperator, bpy.types.Operator):
             n = (n @ m[:3, :3].T).astype(np.float32)
             n /= np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
         old = obj.data
-        obj.data = new_mesh(old.name, apply(m, load_array(shape["mesh"]["vertices"])), load_array(shape["mesh"]["faces"]), n)
+        obj.data = new_mesh(
+            old.name, apply(m, load_array(shape["mesh"]["vertices"])), load_array(shape["mesh"]["faces"]), n
+        )
         for mat in old.materials:
             obj.data.materials.append(mat)
         settings = json.loads(obj.get("deepsdf_settings", "{}"))

@@ -28,10 +28,10 @@ def tiny_model_path(tmp_path_factory) -> Path:
     """The tests' tiny analytic model, trained in a subprocess (no torch inside Blender's process)."""
     path = tmp_path_factory.mktemp("model") / "tiny.dsdf"
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
         "from tests.analytic import train_tiny_model\n"
         "from engine.model import save_model\n"
-        "save_model(train_tiny_model(), %r)\n" % (str(REPO), str(path))
+        f"save_model(train_tiny_model(), {str(path)!r})\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     return path
