@@ -133,7 +133,9 @@ def main() -> int:
     print(f"\n{'wrong-sign rate':42s} {'winding (ours)':>16s} {'pseudo-normal':>16s}   (all / beyond 1 %)")
     for name, r in results["signs"].items():
         w, pn = r["winding"], r["pseudonormal"]
-        print(f"{name:42s} {w['wrong_all']:7.4%}/{w['wrong_beyond_1pct']:7.4%} {pn['wrong_all']:7.4%}/{pn['wrong_beyond_1pct']:7.4%}")
+        print(
+            f"{name:42s} {w['wrong_all']:7.4%}/{w['wrong_beyond_1pct']:7.4%} {pn['wrong_all']:7.4%}/{pn['wrong_beyond_1pct']:7.4%}"
+        )
 
     if args.picture and chairs:
         from engine.meshing import MeshConfig, mesh_sdf

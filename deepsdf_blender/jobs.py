@@ -118,7 +118,7 @@ def shutdown() -> None:
 class DeepSDFJobState(bpy.types.PropertyGroup):
     """What the panel shows about the running job (on the window manager: never saved)."""
 
-    running: bpy.props.BoolProperty(default=False)  # type: ignore[valid-type]
-    progress: bpy.props.FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")  # type: ignore[valid-type]
-    message: bpy.props.StringProperty(default="")  # type: ignore[valid-type]
-    cancel_requested: bpy.props.BoolProperty(default=False)  # type: ignore[valid-type]
+    running: bpy.props.BoolProperty(default=False)
+    progress: bpy.props.FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    message: bpy.props.StringProperty(default="")
+    cancel_requested: bpy.props.BoolProperty(default=False)

@@ -183,8 +183,8 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
     bl_label = "Complete Scan"
     bl_options = {"REGISTER", "UNDO"}
 
-    resolution: IntProperty(name="Resolution", description="Marching-cubes grid size", default=128, min=16, max=512)  # type: ignore[valid-type]
-    quality: EnumProperty(  # type: ignore[valid-type]
+    resolution: IntProperty(name="Resolution", description="Marching-cubes grid size", default=128, min=16, max=512)
+    quality: EnumProperty(
         name="Fit",
         items=[
             ("fast", "Fast", "80 steps: a quick preview"),
@@ -193,7 +193,7 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         ],
         default="default",
     )
-    normals: BoolProperty(name="SDF Normals", description="Vertex normals from the SDF gradient", default=False)  # type: ignore[valid-type]
+    normals: BoolProperty(name="SDF Normals", description="Vertex normals from the SDF gradient", default=False)
 
     @classmethod
     def poll(cls, context):
@@ -256,16 +256,16 @@ class DEEPSDF_OT_generate(_EngineOperator, bpy.types.Operator):
     bl_label = "Generate Shapes"
     bl_options = {"REGISTER", "UNDO"}
 
-    count: IntProperty(name="Count", default=6, min=1, max=100)  # type: ignore[valid-type]
-    seed: IntProperty(name="Seed", default=0, min=0)  # type: ignore[valid-type]
-    temperature: FloatProperty(  # type: ignore[valid-type]
+    count: IntProperty(name="Count", default=6, min=1, max=100)
+    seed: IntProperty(name="Seed", default=0, min=0)
+    temperature: FloatProperty(
         name="Temperature",
         description="Spread around the mean shape (1: like the training set)",
         default=0.8,
         min=0.0,
         max=3.0,
     )
-    resolution: IntProperty(name="Resolution", default=128, min=16, max=512)  # type: ignore[valid-type]
+    resolution: IntProperty(name="Resolution", default=128, min=16, max=512)
 
     @classmethod
     def poll(cls, context):
@@ -311,8 +311,8 @@ class DEEPSDF_OT_interpolate(_EngineOperator, bpy.types.Operator):
     bl_label = "Interpolate Shapes"
     bl_options = {"REGISTER", "UNDO"}
 
-    steps: IntProperty(name="Steps", description="Shapes including both ends", default=5, min=2, max=64)  # type: ignore[valid-type]
-    mode: EnumProperty(  # type: ignore[valid-type]
+    steps: IntProperty(name="Steps", description="Shapes including both ends", default=5, min=2, max=64)
+    mode: EnumProperty(
         name="Mode",
         items=[
             ("linear", "Linear", "Straight line between codes"),
@@ -320,12 +320,12 @@ class DEEPSDF_OT_interpolate(_EngineOperator, bpy.types.Operator):
         ],
         default="linear",
     )
-    resolution: IntProperty(name="Resolution", default=64, min=16, max=512)  # type: ignore[valid-type]
+    resolution: IntProperty(name="Resolution", default=64, min=16, max=512)
     index_a: IntProperty(
         name="Training Shape A", description="Used when fewer than two DeepSDF objects are selected", default=0, min=0
-    )  # type: ignore[valid-type]
-    index_b: IntProperty(name="Training Shape B", default=1, min=0)  # type: ignore[valid-type]
-    animate: BoolProperty(name="Animate", description="Stack the steps and show one per frame", default=False)  # type: ignore[valid-type]
+    )
+    index_b: IntProperty(name="Training Shape B", default=1, min=0)
+    animate: BoolProperty(name="Animate", description="Stack the steps and show one per frame", default=False)
 
     @classmethod
     def poll(cls, context):
@@ -400,8 +400,8 @@ class DEEPSDF_OT_remesh(_EngineOperator, bpy.types.Operator):
     bl_label = "Remesh DeepSDF Object"
     bl_options = {"REGISTER", "UNDO"}
 
-    resolution: IntProperty(name="Resolution", default=256, min=16, max=1024)  # type: ignore[valid-type]
-    normals: BoolProperty(name="SDF Normals", default=True)  # type: ignore[valid-type]
+    resolution: IntProperty(name="Resolution", default=256, min=16, max=1024)
+    normals: BoolProperty(name="SDF Normals", default=True)
 
     @classmethod
     def poll(cls, context):

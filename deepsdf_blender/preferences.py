@@ -28,13 +28,13 @@ def _bundled_items(self, context):
 class DeepSDFPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
-    engine_python: StringProperty(  # type: ignore[valid-type]
+    engine_python: StringProperty(
         name="Engine Python",
         description="Python that runs the engine (needs PyTorch). Empty: Blender's own Python with the bundled wheels",
         subtype="FILE_PATH",
         default="",
     )
-    device: EnumProperty(  # type: ignore[valid-type]
+    device: EnumProperty(
         name="Device",
         items=[
             ("auto", "Auto", "CUDA if available, then Apple GPU, then CPU"),
@@ -44,7 +44,7 @@ class DeepSDFPreferences(bpy.types.AddonPreferences):
         ],
         default="auto",
     )
-    model_source: EnumProperty(  # type: ignore[valid-type]
+    model_source: EnumProperty(
         name="Model",
         items=[
             ("BUNDLED", "Bundled", "A model shipped with the add-on"),
@@ -53,16 +53,16 @@ class DeepSDFPreferences(bpy.types.AddonPreferences):
         ],
         default="BUNDLED",
     )
-    bundled_model: EnumProperty(name="Bundled Model", items=_bundled_items)  # type: ignore[valid-type]
-    model_file: StringProperty(name="Model File", subtype="FILE_PATH", default="")  # type: ignore[valid-type]
-    experiment_dir: StringProperty(name="Experiment", subtype="DIR_PATH", default="")  # type: ignore[valid-type]
-    resolution: IntProperty(  # type: ignore[valid-type]
+    bundled_model: EnumProperty(name="Bundled Model", items=_bundled_items)
+    model_file: StringProperty(name="Model File", subtype="FILE_PATH", default="")
+    experiment_dir: StringProperty(name="Experiment", subtype="DIR_PATH", default="")
+    resolution: IntProperty(
         name="Resolution", description="Default marching-cubes grid size", default=128, min=16, max=512
     )
-    preview_resolution: IntProperty(  # type: ignore[valid-type]
+    preview_resolution: IntProperty(
         name="Preview Resolution", description="Grid size for interpolation steps", default=64, min=16, max=512
     )
-    last_check: StringProperty(name="Last Check", default="")  # type: ignore[valid-type]
+    last_check: StringProperty(name="Last Check", default="")
 
     def draw(self, context):
         layout = self.layout

@@ -9,8 +9,7 @@ PY=.venv/bin/python
 .venv/bin/ruff format --check .
 # the add-on is type-checked as it ships (with the engine inside), against fake-bpy-module
 "$PY" build.py --no-validate >/dev/null
-(cd build && ../.venv/bin/mypy deepsdf_blender --ignore-missing-imports --follow-imports=silent \
-  --exclude 'deepsdf_blender/engine/')
+(cd build && ../.venv/bin/mypy --config-file ../pyproject.toml deepsdf_blender --exclude 'deepsdf_blender/engine/')
 # engine and CLI tests, then the Blender tier in its own process (real bpy)
 "$PY" -m pytest -q tests --ignore=tests/blender "$@"
 "$PY" -m pytest -q tests/blender -p no:cacheprovider "$@"
