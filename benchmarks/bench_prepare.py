@@ -151,7 +151,8 @@ def main() -> int:
             def sdf_fn(x, rv=rv, rf=rf):
                 import torch
 
-                return torch.from_numpy(signed_distance(rv, rf, x.numpy()).astype(np.float32))
+                sdf = signed_distance(rv, rf, x.numpy(), SamplingConfig().sheet_thickness)
+                return torch.from_numpy(sdf.astype(np.float32))
 
             level = mesh_sdf(sdf_fn, MeshConfig(resolution=128, method="dense", chunk_points=1 << 20))
             tiles += [render_mesh(v, f, 220), render_mesh(level.vertices, level.faces, 220, color=(0.55, 0.75, 0.55))]

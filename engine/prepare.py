@@ -48,6 +48,9 @@ class SamplingConfig:
     """Points written to SurfaceSamples for evaluation (reference 30,000)."""
     repair_winding: bool = True
     """Make face winding consistent per connected piece before the winding number."""
+    sheet_thickness: float = 0.02
+    """Open single sheets (cloth, thin panels) become solids this thick (model frame, 2 % of the
+    radius, about a voxel at 128^3): with no thickness they enclose nothing and would vanish."""
     seed: int = 0
     """Sampling seed; each shape's stream is derived from it and the shape's id."""
 
@@ -91,34 +94,80 @@ def load_mesh_for_sampling(path: str | os.PathLike) -> tuple[np.ndarray, np.ndar
 def repair_winding(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vertices and faces with winding made consistent across shared edges, piece by piece.
 
-    Duplicate vertices are merged (so a triangle soup's pieces become connected)
-    and trimesh flips faces until neighbours agree. Pieces wound inside-out as a
-    whole are left so: :func:`signed_distance` takes the winding number's magnitude.
-    Returns (n', 3) float64 and (m, 3) int64; face order is kept.
+    Duplicate vertices are merged (so a triangle soup's pieces become connected),
+    faces present twice (double-sided sheets) are kept once, and trimesh flips
+    faces until neighbours agree. Pieces wound inside-out as a whole are left so:
+    :func:`signed_distance` takes the winding number's magnitude.
+    Returns (n', 3) float64 and (m', 3) int64.
     """
     import trimesh
 
     merged = trimesh.Trimesh(vertices, faces, process=True, validate=False)
+    # double-sided sheets (each face twice, opposite windings) cancel in the winding
+    # number and would vanish: keep one copy of each face
+    _, first = np.unique(np.sort(merged.faces, axis=1), axis=0, return_index=True)
+    if len(first) < len(merged.faces):
+        merged = trimesh.Trimesh(merged.vertices, merged.faces[np.sort(first)], process=False)
     trimesh.repair.fix_winding(merged)
     return np.asarray(merged.vertices, np.float64), np.asarray(merged.faces, np.int64)
 
 
-def signed_distance(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray) -> np.ndarray:
+def signed_distance(
+    vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, sheet_thickness: float = 0.0
+) -> np.ndarray:
     """Signed distance of points (n, 3) to a mesh, negative inside; all in one frame.
 
-    Distance: exact, to the nearest triangle. Sign: inside where the generalised
-    winding number's magnitude exceeds 1/2 (so a piece wound inside-out still
-    counts as solid, and overlapping pieces form their union).
+    Distance: exact, to the nearest triangle (libigl AABB tree). Sign: the
+    generalised winding number, taken **per connected piece**: a point is inside
+    when it is inside any piece (|w| > 1/2). Per piece, a piece wound inside-out
+    still counts as solid, overlapping pieces form their union, and coincident
+    copies wound oppositely (double-sided sheets, shells) cannot cancel out.
+
+    sheet_thickness: artist meshes model cloth, seats and panels as open single
+    sheets that enclose nothing. Near such a piece its winding number sits between
+    about 0.2 and 0.8; points there within ``sheet_thickness`` of the mesh get the
+    SDF of the sheet thickened to ``sheet_thickness`` (``dist - sheet_thickness / 2``),
+    so the part becomes a thin solid instead of vanishing.
     """
     import igl
+    from scipy.sparse.csgraph import connected_components
 
     v = np.ascontiguousarray(vertices, np.float64)
     f = np.ascontiguousarray(faces, np.int64)
     q = np.ascontiguousarray(points, np.float64)
     sq, _, _ = igl.point_mesh_squared_distance(q, v, f)
-    winding = igl.fast_winding_number(v, f, q)
     dist = np.sqrt(np.maximum(sq, 0.0))
-    return np.where(np.abs(winding) > 0.5, -dist, dist)
+    inside = np.zeros(len(q), bool)
+    sheet = np.zeros(len(q), bool)
+    n_parts, labels = connected_components(_vertex_adjacency(len(v), f), directed=False)
+    face_part = labels[f[:, 0]]
+    half = 0.5 * sheet_thickness
+    for part in range(n_parts):
+        pf = f[face_part == part]
+        if len(pf) == 0:
+            continue
+        used = np.unique(pf)
+        lo, hi = v[used].min(axis=0) - 2 * half - 1e-9, v[used].max(axis=0) + 2 * half + 1e-9
+        near = np.flatnonzero(((q >= lo) & (q <= hi)).all(axis=1))  # outside its box a piece has |w| < 1/2
+        if len(near) == 0:
+            continue
+        w = np.abs(igl.fast_winding_number(v, pf, q[near]))
+        inside[near[w > 0.5]] = True
+        if sheet_thickness > 0:
+            sheet[near[(w > 0.2) & (w < 0.8)]] = True
+    sdf = np.where(inside, -dist, dist)
+    if sheet_thickness > 0:
+        thin = sheet & ~inside & (dist < sheet_thickness)
+        sdf = np.where(thin, dist - half, sdf)
+    return sdf
+
+
+def _vertex_adjacency(n: int, faces: np.ndarray):
+    from scipy.sparse import coo_matrix
+
+    rows = np.concatenate([faces[:, 0], faces[:, 1], faces[:, 2]])
+    cols = np.concatenate([faces[:, 1], faces[:, 2], faces[:, 0]])
+    return coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
 
 
 def sample_points(
@@ -150,7 +199,7 @@ def sdf_samples(
     if config.repair_winding:
         local, faces = repair_winding(local, faces)
     points = sample_points(local, faces, config, rng)
-    sdf = signed_distance(local, faces, points)
+    sdf = signed_distance(local, faces, points, config.sheet_thickness)
     return points.astype(np.float32), sdf.astype(np.float32), offset, scale
 
 
