@@ -105,6 +105,8 @@ class _EngineOperator:
             return {"PASS_THROUGH"}
         job = jobs.poll()
         wm.progress_update(int(1000 * (job.fraction if job else 1.0)))
+        if job is not None and context.workspace is not None:
+            context.workspace.status_text_set(f"DeepSDF: {job.message or job.op} {job.fraction:.0%}  (Esc to cancel)")
         for area in context.screen.areas if context.screen else []:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
@@ -130,6 +132,8 @@ class _EngineOperator:
             wm.event_timer_remove(self._timer)
             self._timer = None
         wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
         jobs.finish()
 
 

@@ -125,7 +125,10 @@ def main() -> int:
     completed = bpy.data.objects["Scan completed"]
     completed.location.x += 2.6  # beside the scan; it was made exactly over it
     completed.color = (0.8, 0.8, 0.82, 1.0)
-    log(f"completed the scan at {args.resolution}^3 ({len(completed.data.vertices):,} vertices)", time.perf_counter() - t0)
+    log(
+        f"completed the scan at {args.resolution}^3 ({len(completed.data.vertices):,} vertices)",
+        time.perf_counter() - t0,
+    )
 
     bpy.context.scene.cursor.location = (3.5, 0.0, 0.0)
     t0 = time.perf_counter()
