@@ -387,6 +387,21 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return 0 if rep.summary().get("evaluated") else 1
 
 
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from .procedural import write_dataset
+
+    progress = TqdmProgress(not args.quiet)
+    t0 = time.perf_counter()
+    try:
+        ids = write_dataset(
+            args.family, args.count, args.out, args.seed, args.samples, args.test_fraction, args.meshes, progress
+        )
+    finally:
+        progress.close()
+    print(f"{len(ids)} {args.family} -> {args.out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -476,6 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.0, help="share held out in splits/test.json")
     p.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("make-shapes", cmd_make_shapes, "Generate procedural chairs or tables as training data (exact SDF).")
+    p.add_argument("family", choices=["chairs", "tables"])
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=500_000, help="SDF samples per shape")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="share held out in splits/test.json")
+    p.add_argument("--meshes", help="also write each shape's watertight mesh (OBJ) here")
+    p.add_argument("--out", required=True, help="data directory (reference layout)")
 
     p = add("train", cmd_train, "Train an auto-decoder on prepared data.")
     p.add_argument("data", help="data directory written by prepare (or the reference layout)")
