@@ -374,8 +374,11 @@ def exact_samples(
     variance: float = 0.005,
     uniform_fraction: float = 3 / 50,
     seed: int = 0,
+    mesh: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Reference-style SDF samples with exact values, in the model frame.
+
+    mesh: the shape's mesh if already made by :func:`shape_mesh`.
 
     Returns ``(points (n, 3) float32, sdf (n,) float32, offset (3,), scale)``.
     """
@@ -383,7 +386,7 @@ def exact_samples(
     from .metrics import sample_surface
 
     rng = np.random.default_rng(seed)
-    verts, faces = shape_mesh(shape)
+    verts, faces = mesh if mesh is not None else shape_mesh(shape)
     offset, scale = reference_normalization(verts)
     local = to_model_frame(verts, offset, scale)
     n_uniform = round(samples * uniform_fraction)
@@ -435,8 +438,8 @@ def write_dataset(
     for k, shape in enumerate(shapes):
         target = out / "SdfSamples" / rel / f"{shape.name}.npz"
         if not target.is_file():
-            pts, sdf, offset, scale = exact_samples(shape, samples, seed=seed * 100_003 + k)
             verts, faces = shape_mesh(shape)
+            pts, sdf, offset, scale = exact_samples(shape, samples, seed=seed * 100_003 + k, mesh=(verts, faces))
             _save_npz_atomic(
                 out / "NormalizationParameters" / rel / f"{shape.name}.npz",
                 offset=offset.astype(np.float64),
