@@ -402,6 +402,36 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .meshing import Mesh
+    from .meshio import load_geometry, save_mesh
+    from .scan import orbit_camera, partial_mesh, simulate_scan
+
+    vertices, faces = load_geometry(args.mesh)
+    if faces is None:
+        raise InputError(f"{args.mesh} has no faces; the scanner needs a surface")
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    centre, size = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+    cams = [
+        orbit_camera(a, args.elevation, args.distance * size, tuple(centre), width=args.width, height=args.height)
+        for a in args.azimuth
+    ]
+    scan = simulate_scan(vertices, faces, cams, args.noise * size, args.outliers, args.seed)
+    out = Path(args.out)
+    if args.as_mesh:
+        v, f = partial_mesh(scan)
+        save_mesh(out, Mesh(v, f))
+    else:
+        import trimesh
+
+        from .meshio import write_bytes_atomic
+
+        write_bytes_atomic(out, trimesh.PointCloud(scan.points).export(file_type=out.suffix[1:] or "ply"))
+    sensors = ";".join(",".join(f"{x:.6g}" for x in c.position) for c in cams)
+    print(f"{out}: {len(scan.points)} points from {len(cams)} view(s); sensor position(s) {sensors}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -500,6 +530,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.0, help="share held out in splits/test.json")
     p.add_argument("--meshes", help="also write each shape's watertight mesh (OBJ) here")
     p.add_argument("--out", required=True, help="data directory (reference layout)")
+
+    p = add("scan", cmd_scan, "Simulate a depth-camera scan of a mesh (a partial point cloud or mesh).")
+    p.add_argument("mesh")
+    p.add_argument("--out", required=True, help="output .ply (points, or a partial mesh with --as-mesh)")
+    p.add_argument(
+        "--azimuth", type=float, nargs="+", default=[30.0], help="view azimuths in degrees (y up; 0 = front)"
+    )
+    p.add_argument("--elevation", type=float, default=20.0)
+    p.add_argument("--distance", type=float, default=1.5, help="camera distance in object diagonals")
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--height", type=int, default=120)
+    p.add_argument("--noise", type=float, default=0.0, help="depth noise std as a fraction of the object diagonal")
+    p.add_argument("--outliers", type=float, default=0.0, help="fraction of outlier points")
+    p.add_argument("--as-mesh", action="store_true", help="triangulate the depth image")
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("train", cmd_train, "Train an auto-decoder on prepared data.")
     p.add_argument("data", help="data directory written by prepare (or the reference layout)")
