@@ -36,10 +36,13 @@ class TqdmProgress:
             return True
         from tqdm import tqdm
 
-        if self.bar is None or message != self.phase or total != self.bar.total:
+        phase, _, detail = message.partition(" (")  # "training (loss 0.01)": the bar is "training"
+        if self.bar is None or phase != self.phase or total != self.bar.total:
             self.close()
-            self.phase = message
-            self.bar = tqdm(total=total, desc=message, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=phase, file=sys.stderr, leave=False, dynamic_ncols=True)
+        if detail:
+            self.bar.set_postfix_str(detail.rstrip(")"), refresh=False)
         self.bar.n = min(done, total)
         self.bar.refresh()
         return True
