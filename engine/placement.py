@@ -1,0 +1,229 @@
+"""Completing scans in an unknown placement: fit the code jointly with a similarity transform.
+
+A scan sits anywhere, at any size and turned about the vertical. We look for a
+code ``z`` and a map from the scan's frame to the model frame
+
+    x = s * R_y(yaw) @ (p - c) + t
+
+(uniform scale ``s``, yaw about the up axis, translation ``t``; ``c`` the scan's
+bounding-box centre) such that the scan's surface points have SDF 0, the points
+``eta`` along their normals have SDF ``+-eta`` (in model units), and, when the
+sensor position is known, points on each ray between sensor and surface are
+outside. Several yaw hypotheses (every 360/n degrees) with a scale from the scan's
+extent start one batch; each hypothesis has its own code and transform, only those
+get gradients (the decoder is frozen), and the hypothesis with the lowest loss on
+all observations wins. The clamped L1 loss bounds what any one point (an outlier)
+can cost.
+
+Frames: scan points in the scan's own frame with **y up** (the engine's axes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn.utils import parametrize
+
+from .errors import InputError
+from .frames import RADIUS_MARGIN
+from .model import ShapeModel
+from .observations import estimate_normals
+from .progress import ProgressCallback, report
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Settings of the joint code + placement fit."""
+
+    yaw_hypotheses: int = 8
+    """Starting yaws, evenly spaced (8: every 45 degrees)."""
+    estimate_scale: bool = True
+    """Fit the scale (else keep the one from the scan's extent)."""
+    estimate_yaw: bool = True
+    """Fit the yaw (else keep each hypothesis' start; use 1 hypothesis for a known yaw)."""
+    iterations: int = 300
+    """Adam steps."""
+    lr_code: float = 1e-2
+    lr_pose: float = 5e-3
+    samples_per_iteration: int = 4000
+    """Surface points per step (each gives three observations, plus free-space points)."""
+    eta: float = 0.01
+    """Offset along normals, model units."""
+    clamp: float = 0.1
+    prior_weight: float = 1e-4
+    free_space_per_point: int = 2
+    """Points sampled on each sensor ray (at 50-95 % of the way), known to be outside."""
+    scale_prior: float = 1e-3
+    """Weight pulling log-scale towards its start (keeps a collapse or blow-up away)."""
+    seed: int = 0
+
+
+@dataclass
+class PlacementResult:
+    """code: (L,) float32. scale, yaw (radians), translation (3,), centre (3,): the map
+    ``x = scale * R_y(yaw) @ (p - centre) + translation``. model_to_input: its 4 x 4 inverse."""
+
+    code: np.ndarray
+    scale: float
+    yaw: float
+    translation: np.ndarray
+    centre: np.ndarray
+    loss: float
+    hypothesis_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seconds: float = 0.0
+
+    @property
+    def input_to_model(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = self.scale * _rot_y_np(self.yaw)
+        m[:3, 3] = self.translation - m[:3, :3] @ self.centre
+        return m
+
+    @property
+    def model_to_input(self) -> np.ndarray:
+        return np.linalg.inv(self.input_to_model)
+
+
+def _rot_y_np(a: float) -> np.ndarray:
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
+    """(b,) yaws -> (b, 3, 3) rotations about y."""
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
+    return torch.stack(
+        [torch.stack([c, zero, s], -1), torch.stack([zero, one, zero], -1), torch.stack([-s, zero, c], -1)], -2
+    )
+
+
+def fit_placement(
+    model: ShapeModel,
+    points: np.ndarray,
+    normals: np.ndarray | None = None,
+    sensors: np.ndarray | None = None,
+    config: PlacementConfig = PlacementConfig(),
+    on_progress: ProgressCallback | None = None,
+) -> PlacementResult:
+    """Fit code and placement to a scan. points, normals, sensors: (n, 3), the scan's frame, y up.
+
+    Normals are estimated (and turned towards the sensors when given) when missing.
+    """
+    t_start = time.perf_counter()
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(pts) < 10:
+        raise InputError("a scan needs at least 10 points")
+    if not np.isfinite(pts).all():
+        raise InputError("the scan has NaN or infinite coordinates")
+    if normals is None:
+        sensor_hint = None if sensors is None else np.asarray(sensors, np.float64).reshape(-1, 3).mean(axis=0)
+        normals = estimate_normals(pts, 16, sensor_hint)
+        if sensors is not None:  # per point, towards its own sensor
+            flip = np.sum(normals * (np.asarray(sensors) - pts), axis=1) < 0
+            normals[flip] *= -1
+    nrm = np.asarray(normals, np.float64).reshape(-1, 3)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    centre = 0.5 * (lo + hi)
+    radius = float(np.linalg.norm(pts - centre, axis=1).max())
+    if radius <= 0:
+        raise InputError("the scan has no extent")
+    s0 = 1.0 / (RADIUS_MARGIN * radius)
+
+    dev = model.device
+    dec = model.decoder
+    gen = torch.Generator().manual_seed(config.seed)
+    H = max(1, config.yaw_hypotheses)
+    local = torch.tensor(pts - centre, dtype=torch.float32, device=dev)
+    n_t = torch.tensor(nrm, dtype=torch.float32, device=dev)
+    if sensors is not None and config.free_space_per_point > 0:
+        sens = torch.tensor(np.asarray(sensors, np.float64).reshape(-1, 3) - centre, dtype=torch.float32, device=dev)
+    yaw = torch.tensor([2 * math.pi * k / H for k in range(H)], device=dev, requires_grad=config.estimate_yaw)
+    log_s = torch.full((H,), math.log(s0), device=dev, requires_grad=config.estimate_scale)
+    trans = torch.zeros(H, 3, device=dev, requires_grad=True)
+    codes = model.codes.detach().mean(dim=0, keepdim=True).repeat(H, 1).clone().requires_grad_(True)
+    params = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
+    if config.estimate_yaw:
+        params.append({"params": [yaw], "lr": config.lr_pose * 4})
+    if config.estimate_scale:
+        params.append({"params": [log_s], "lr": config.lr_pose})
+    opt = torch.optim.Adam(params)
+    base = [g["lr"] for g in opt.param_groups]
+    log_s0 = math.log(s0)
+
+    def observe(idx: torch.Tensor | None):
+        p = local if idx is None else local[idx]
+        n = n_t if idx is None else n_t[idx]
+        scale = log_s.exp()
+        eta_in = config.eta / scale  # (H,) offsets in scan units giving eta in model units
+        rot = _rot_y(yaw)
+        groups = [p.expand(H, -1, -1), p + eta_in[:, None, None] * n, p - eta_in[:, None, None] * n]
+        targets = [0.0, config.eta, -config.eta]
+        lower = [False, False, False]
+        if sensors is not None and config.free_space_per_point > 0:
+            o = sens if idx is None else sens[idx]
+            for _ in range(config.free_space_per_point):
+                u = torch.rand(len(p), 1, generator=gen).to(dev) * 0.45 + 0.5
+                groups.append((o + u * (p - o)).expand(H, -1, -1))
+                targets.append(0.0)
+                lower.append(True)
+        xs = torch.cat(groups, dim=1)  # (H, m, 3) scan frame, centred
+        model_pts = scale[:, None, None] * torch.einsum("hij,hmj->hmi", rot, xs) + trans[:, None, :]
+        tgt = torch.cat([torch.full((len(p),), v, device=dev) for v in targets])
+        low = torch.cat([torch.full((len(p),), b, device=dev, dtype=torch.bool) for b in lower])
+        return model_pts, tgt, low
+
+    def loss_of(model_pts, tgt, low):
+        pred = dec.forward_codes(codes, model_pts)
+        p = pred.clamp(-config.clamp, config.clamp)
+        t = tgt.clamp(-config.clamp, config.clamp)
+        err = torch.where(low, (t - p).clamp(min=0), (p - t).abs())
+        return (
+            err.mean(dim=1)
+            + config.prior_weight * codes.pow(2).mean(dim=1)
+            + config.scale_prior * (log_s - log_s0).pow(2)
+        )
+
+    grads = [p.requires_grad for p in dec.parameters()]
+    was_training = dec.training
+    dec.eval()
+    try:
+        for p in dec.parameters():
+            p.requires_grad_(False)
+        with parametrize.cached():
+            for step in range(config.iterations):
+                frac = 0.5 * (1 + math.cos(math.pi * step / max(1, config.iterations)))
+                for g, b in zip(opt.param_groups, base, strict=True):
+                    g["lr"] = b * (0.05 + 0.95 * frac)
+                k = min(config.samples_per_iteration, len(pts))
+                idx = torch.randint(len(pts), (k,), generator=gen).to(dev)
+                loss = loss_of(*observe(idx))
+                opt.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                opt.step()
+                if step % 10 == 0 or step == config.iterations - 1:
+                    report(on_progress, step + 1, config.iterations, "fitting code and placement")
+            with torch.no_grad():
+                k = min(20000, len(pts))
+                idx = torch.randperm(len(pts), generator=gen)[:k].to(dev)
+                final = loss_of(*observe(idx)).cpu().numpy()
+    finally:
+        for p, g in zip(dec.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        dec.train(was_training)
+    best = int(np.argmin(final))
+    return PlacementResult(
+        code=codes[best].detach().cpu().numpy().astype(np.float32),
+        scale=float(log_s[best].exp()),
+        yaw=float(yaw[best]),
+        translation=trans[best].detach().cpu().numpy().astype(np.float64),
+        centre=centre,
+        loss=float(final[best]),
+        hypothesis_losses=final,
+        seconds=time.perf_counter() - t_start,
+    )
