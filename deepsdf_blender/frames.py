@@ -21,14 +21,6 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return (pts @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
 
 
-def normalization_matrix(offset, scale: float) -> np.ndarray:
-    """4 x 4 map from the model frame to an input frame: ``x = model / scale - offset``."""
-    m = np.eye(4)
-    m[:3, :3] /= scale
-    m[:3, 3] = -np.asarray(offset, np.float64)
-    return m
-
-
 def translation(t) -> np.ndarray:
     m = np.eye(4)
     m[:3, 3] = t

@@ -17,7 +17,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
 from . import jobs
 from .engine.protocol import load_array, save_array
 from .engine.worker_client import WorkerError
-from .frames import BLENDER_TO_MODEL, MODEL_TO_BLENDER, apply, normalization_matrix, translation
+from .frames import BLENDER_TO_MODEL, MODEL_TO_BLENDER, apply, translation
 from .meshes import (
     PROP_MODEL,
     PROP_SOURCE,
@@ -198,6 +198,24 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         default="default",
     )
     normals: BoolProperty(name="SDF Normals", description="Vertex normals from the SDF gradient", default=False)
+    placement: EnumProperty(
+        name="Placement",
+        items=[
+            (
+                "estimate",
+                "Estimate",
+                "Find the scan's scale, turn about the vertical and position (partial scans anywhere)",
+            ),
+            ("reference", "Bounding Box", "Normalise by the scan's bounding box (complete, upright scans)"),
+            ("known", "Model Frame", "The scan is already in the model's normalised frame"),
+        ],
+        default="estimate",
+    )
+    use_camera: BoolProperty(
+        name="Camera as Sensor",
+        description="The scene's camera is where the scan was taken from: free space towards it is known to be empty",
+        default=False,
+    )
 
     @classmethod
     def poll(cls, context):
@@ -219,17 +237,22 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
             if note:
                 self._notes.append(note)
             model_axes = apply(BLENDER_TO_MODEL, verts)
-            scans.append(
-                {
-                    "vertices": save_array(workdir, f"scan{k}_v", model_axes),
-                    "faces": save_array(workdir, f"scan{k}_f", faces) if faces is not None else None,
-                }
-            )
+            scan = {
+                "vertices": save_array(workdir, f"scan{k}_v", model_axes),
+                "faces": save_array(workdir, f"scan{k}_f", faces) if faces is not None else None,
+            }
+            if self.use_camera:
+                if context.scene.camera is None:
+                    raise InputProblem("'Camera as Sensor' is on but the scene has no camera.")
+                pos = np.array(context.scene.camera.matrix_world.translation, np.float64)[None]
+                scan["sensor"] = apply(BLENDER_TO_MODEL, pos)[0].tolist()
+            scans.append(scan)
             self._sources.append(obj.name)
         skipped = [o.name for o in context.selected_objects if o.type != "MESH"]
         if skipped:
             self._notes.append(f"skipped non-mesh objects: {', '.join(skipped)}")
         params = {**_common(context), "scans": scans, "resolution": self.resolution, "preset": self.quality}
+        params["placement"] = self.placement
         params["normals"] = self.normals
         return "complete", params, workdir
 
@@ -240,7 +263,7 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
             if src is None:
                 raise InputProblem(f"'{name}' was deleted while it was being completed.")
             world = np.array(src.matrix_world, np.float64)
-            to_world = MODEL_TO_BLENDER @ normalization_matrix(shape["offset"], shape["scale"])
+            to_world = MODEL_TO_BLENDER @ np.asarray(shape["model_to_input"], np.float64)
             maps.append(np.linalg.inv(world) @ to_world)
             placements.append(world)
             names.append(f"{name} completed")

@@ -25,8 +25,10 @@ from .fitting import FitConfig, FitResult, Observations, fit_code
 from .frames import from_model_frame, reference_normalization, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
+from .metrics import sample_surface
 from .model import ShapeModel
 from .observations import ObservationConfig, observations_from_mesh, observations_from_points
+from .placement import PlacementConfig, fit_placement
 from .progress import ProgressCallback, scaled
 
 
@@ -99,15 +101,22 @@ def sample_codes(model: ShapeModel, count: int, seed: int = 0, temperature: floa
 class Reconstruction:
     """Result of :func:`reconstruct`.
 
-    mesh: in the input's own frame. code: (L,) float32. offset, scale: the
-    input-to-model-frame map used (``model = (x + offset) * scale``). fit: the fit's details.
+    mesh: in the input's own frame. code: (L,) float32. model_to_input: (4, 4) the
+    similarity from the model frame to the input's frame (its inverse maps the input
+    into the model frame). loss: the fit's final loss. mode: ``placement``,
+    ``reference`` or ``known``.
     """
 
     mesh: Mesh
     code: np.ndarray
-    offset: np.ndarray
-    scale: float
-    fit: FitResult
+    model_to_input: np.ndarray
+    loss: float
+    mode: str
+
+    @property
+    def scale(self) -> float:
+        """Model units per input unit."""
+        return float(1.0 / np.cbrt(abs(np.linalg.det(self.model_to_input[:3, :3]))))
 
 
 def reconstruct(
@@ -119,21 +128,43 @@ def reconstruct(
     mesh: MeshConfig = MeshConfig(),
     observation: ObservationConfig = ObservationConfig(),
     sensor: np.ndarray | None = None,
+    placement: PlacementConfig | None = PlacementConfig(),
     on_progress: ProgressCallback | None = None,
 ) -> Reconstruction:
-    """Fit a code to a mesh or point cloud and mesh it, in the input's frame.
+    """Fit a code to a mesh or point cloud (a scan) and mesh it, in the input's frame.
 
-    vertices: (n, 3) float, the input's frame; faces: (m, 3) int or None for a
-    point cloud. known_frame: the input is already in the model frame; otherwise
-    it is normalised like the reference (bounding-box centre, radius 1/1.03),
-    which suits complete or nearly complete inputs in the canonical orientation.
-    sensor: (3,) scanner position in the input's frame, orients cloud normals.
+    vertices: (n, 3) float, the input's frame, **y up**; faces: (m, 3) int or None for a
+    point cloud. sensor: (3,) scanner position in the input's frame (orients cloud
+    normals and adds free-space observations). The input's placement is found by:
+
+    * ``known_frame=True``: the input is already in the model frame;
+    * ``placement`` (default): scale, yaw and translation fitted jointly with the code
+      from several yaw hypotheses (:mod:`placement`) — for partial scans anywhere;
+    * ``placement=None``: the reference's normalisation of the input (bounding-box
+      centre, radius 1/1.03) — for complete, upright inputs.
     """
     vertices = np.asarray(vertices, np.float32).reshape(-1, 3)
     if len(vertices) == 0:
         raise InputError("the input has no vertices")
     if not np.isfinite(vertices).all():
         raise InputError("the input has NaN or infinite coordinates")
+    total = 1000
+    if not known_frame and placement is not None:
+        if faces is not None and len(faces):
+            pts, normals = sample_surface(vertices, faces, observation.surface_points, fit.seed)
+        else:
+            rng = np.random.default_rng(fit.seed)
+            pts = (
+                vertices
+                if len(vertices) <= observation.max_points
+                else vertices[rng.choice(len(vertices), observation.max_points, replace=False)]
+            )
+            normals = None
+        sensors = None if sensor is None else np.repeat(np.asarray(sensor, np.float64).reshape(1, 3), len(pts), axis=0)
+        result = fit_placement(model, pts, normals, sensors, placement, scaled(on_progress, 0, 600, total))
+        out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
+        m2i = result.model_to_input
+        return Reconstruction(out.apply_matrix(m2i), result.code, m2i, result.loss, "placement")
     if known_frame:
         offset, scale = np.zeros(3, np.float32), 1.0
     else:
@@ -144,10 +175,12 @@ def reconstruct(
         obs = observations_from_mesh(local, faces, observation, seed=fit.seed)
     else:
         obs = observations_from_points(local, sensor=sensor_local, config=observation, seed=fit.seed)
-    total = 1000
     result = fit_code(model, obs, fit, scaled(on_progress, 0, 600, total))
-    out = extract_mesh(model, result.code, mesh, (offset, scale), scaled(on_progress, 600, 400, total))
-    return Reconstruction(mesh=out, code=result.code, offset=offset, scale=scale, fit=result)
+    out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
+    m2i = np.eye(4)
+    m2i[:3, :3] /= scale
+    m2i[:3, 3] = -offset
+    return Reconstruction(out.apply_matrix(m2i), result.code, m2i, result.loss, "known" if known_frame else "reference")
 
 
 def fit_observations(

@@ -194,6 +194,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             mesh = extract_mesh(model, code, _mesh_config(args), None, progress)
         else:
             vertices, faces = load_geometry(args.input)
+            from .placement import PlacementConfig
+
             rec = reconstruct(
                 model,
                 vertices,
@@ -202,9 +204,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 fit=fit,
                 mesh=_mesh_config(args),
                 sensor=args.sensor,
+                placement=None if args.reference_normalization else PlacementConfig(seed=args.seed),
                 on_progress=progress,
             )
-            mesh, code, loss = rec.mesh, rec.code, rec.fit.loss
+            mesh, code, loss = rec.mesh, rec.code, rec.loss
     finally:
         progress.close()
     out = Path(args.out)
@@ -481,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="mesh file; the code goes beside it as .npy")
     _add_mesh_args(p)
     p.add_argument("--known-frame", action="store_true", help="the input is already in the model's normalised frame")
+    p.add_argument(
+        "--reference-normalization",
+        action="store_true",
+        help="normalise the input like the reference (bounding box) instead of estimating its placement",
+    )
     p.add_argument("--sensor", type=_parse_vec3, help="scanner position X,Y,Z in the input's frame")
     p.add_argument("--preset", default="default", help="fit preset: default, fast or reference")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")

@@ -79,6 +79,16 @@ class Mesh:
     vertex_values: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
 
+    def apply_matrix(self, matrix: np.ndarray) -> Mesh:
+        """This mesh mapped by a 4 x 4 similarity (normals rotated, not scaled)."""
+        m = np.asarray(matrix, np.float64)
+        verts = (self.vertices.astype(np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+        normals = None
+        if self.normals is not None:
+            n = self.normals @ m[:3, :3].T
+            normals = (n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+        return Mesh(verts, self.faces, normals, dict(self.vertex_values), dict(self.stats))
+
     def transformed(self, offset: np.ndarray, scale: float) -> Mesh:
         """Map from the model frame to an original frame: ``x / scale - offset``."""
         verts = (self.vertices / np.float32(scale) - np.asarray(offset, np.float32)).astype(np.float32)

@@ -41,21 +41,26 @@ class PlacementConfig:
 
     yaw_hypotheses: int = 8
     """Starting yaws, evenly spaced (8: every 45 degrees)."""
+    keep: int = 2
+    """Hypotheses kept after the coarse phase (the first ``coarse_fraction`` of the steps,
+    with ``coarse_samples`` points) for the fine phase."""
+    coarse_fraction: float = 0.3
+    coarse_samples: int = 512
     estimate_scale: bool = True
     """Fit the scale (else keep the one from the scan's extent)."""
     estimate_yaw: bool = True
     """Fit the yaw (else keep each hypothesis' start; use 1 hypothesis for a known yaw)."""
-    iterations: int = 300
-    """Adam steps."""
+    iterations: int = 250
+    """Adam steps (both phases)."""
     lr_code: float = 1e-2
     lr_pose: float = 5e-3
-    samples_per_iteration: int = 4000
-    """Surface points per step (each gives three observations, plus free-space points)."""
+    samples_per_iteration: int = 2048
+    """Surface points per fine step (each gives three observations, plus free-space points)."""
     eta: float = 0.01
     """Offset along normals, model units."""
     clamp: float = 0.1
     prior_weight: float = 1e-4
-    free_space_per_point: int = 2
+    free_space_per_point: int = 1
     """Points sampled on each sensor ray (at 50-95 % of the way), known to be outside."""
     scale_prior: float = 1e-3
     """Weight pulling log-scale towards its start (keeps a collapse or blow-up away)."""
@@ -196,16 +201,32 @@ def fit_placement(
         for p in dec.parameters():
             p.requires_grad_(False)
         with parametrize.cached():
+            coarse_steps = int(config.iterations * config.coarse_fraction) if H > config.keep else 0
             for step in range(config.iterations):
                 frac = 0.5 * (1 + math.cos(math.pi * step / max(1, config.iterations)))
                 for g, b in zip(opt.param_groups, base, strict=True):
                     g["lr"] = b * (0.05 + 0.95 * frac)
-                k = min(config.samples_per_iteration, len(pts))
+                k = min(config.coarse_samples if step < coarse_steps else config.samples_per_iteration, len(pts))
                 idx = torch.randint(len(pts), (k,), generator=gen).to(dev)
                 loss = loss_of(*observe(idx))
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
+                if step == coarse_steps - 1:  # keep the most promising hypotheses, drop the rest
+                    with torch.no_grad():
+                        k = min(4096, len(pts))
+                        probe = torch.randperm(len(pts), generator=gen)[:k].to(dev)
+                        order = torch.argsort(loss_of(*observe(probe)))[: config.keep]
+                    H = len(order)
+                    yaw, log_s, trans, codes = (
+                        x.detach()[order].clone().requires_grad_(x.requires_grad) for x in (yaw, log_s, trans, codes)
+                    )
+                    params = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
+                    if config.estimate_yaw:
+                        params.append({"params": [yaw], "lr": config.lr_pose * 4})
+                    if config.estimate_scale:
+                        params.append({"params": [log_s], "lr": config.lr_pose})
+                    opt = torch.optim.Adam(params)
                 if step % 10 == 0 or step == config.iterations - 1:
                     report(on_progress, step + 1, config.iterations, "fitting code and placement")
             with torch.no_grad():
@@ -219,8 +240,8 @@ def fit_placement(
     best = int(np.argmin(final))
     return PlacementResult(
         code=codes[best].detach().cpu().numpy().astype(np.float32),
-        scale=float(log_s[best].exp()),
-        yaw=float(yaw[best]),
+        scale=float(log_s[best].detach().exp()),
+        yaw=float(yaw[best].detach()),
         translation=trans[best].detach().cpu().numpy().astype(np.float64),
         centre=centre,
         loss=float(final[best]),

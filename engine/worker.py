@@ -7,8 +7,9 @@ Operations (``params``; arrays are ``{"npy": path}`` references, meshes are
 returned in the **model frame** with ``offset``/``scale`` where they belong to an input)::
 
     check        {model, device}                     -> {python, torch, device, model: summary}
-    complete     {model, device, scans: [{vertices, faces|null}], resolution, preset,
-                  iterations?, known_frame, normals}  -> {shapes: [{mesh, code, offset, scale, loss}]}
+    complete     {model, device, scans: [{vertices, faces|null, sensor?}], resolution, preset,
+                  iterations?, placement: estimate|reference|known, normals}
+                                                      -> {shapes: [{mesh, code, model_to_input (4x4), loss}]}
     generate     {model, device, count, seed, temperature, resolution, normals}
                                                       -> {shapes: [{mesh|null, code, error?}]}
     interpolate  {model, device, codes: [a, b] | indices: [i, j], steps, mode, resolution, normals}
@@ -164,39 +165,42 @@ class Worker:
         return out
 
     def op_complete(self, params, workdir, progress) -> dict:
+        import numpy as np
+
         from .api import reconstruct
         from .fitting import fit_preset
-        from .frames import to_model_frame
-        from .meshing import Mesh, MeshConfig
+        from .meshing import MeshConfig
+        from .placement import PlacementConfig
         from .progress import scaled
 
         model = self.model(params)
         overrides = {"iterations": int(params["iterations"])} if params.get("iterations") else {}
         fit = fit_preset(str(params.get("preset", "default")), **overrides)
+        mode = str(params.get("placement", "estimate"))  # estimate | reference | known
+        placement = PlacementConfig(**({"iterations": int(params["iterations"])} if params.get("iterations") else {}))
         mesh_cfg = MeshConfig(resolution=int(params.get("resolution", 128)), normals=bool(params.get("normals", False)))
         scans = params.get("scans") or []
         shapes = []
         for k, scan in enumerate(scans):
-            verts = load_array(scan["vertices"])
-            faces = load_array(scan.get("faces"))
             rec = reconstruct(
                 model,
-                verts,
-                faces,
-                known_frame=bool(params.get("known_frame", False)),
+                load_array(scan["vertices"]),
+                load_array(scan.get("faces")),
+                known_frame=mode == "known",
                 fit=fit,
                 mesh=mesh_cfg,
+                sensor=None if scan.get("sensor") is None else np.asarray(scan["sensor"], np.float32),
+                placement=placement if mode == "estimate" else None,
                 on_progress=scaled(progress, k * 100, 100, len(scans) * 100),
             )
             # back to the model frame: the front end composes its own frame maps
-            local = Mesh(to_model_frame(rec.mesh.vertices, rec.offset, rec.scale), rec.mesh.faces, rec.mesh.normals)
+            local = rec.mesh.apply_matrix(np.linalg.inv(rec.model_to_input))
             shapes.append(
                 {
                     "mesh": self.mesh_ref(workdir, f"shape{k}", local),
                     "code": [float(x) for x in rec.code],
-                    "offset": [float(x) for x in rec.offset],
-                    "scale": float(rec.scale),
-                    "loss": float(rec.fit.loss),
+                    "model_to_input": rec.model_to_input.tolist(),
+                    "loss": float(rec.loss),
                 }
             )
         return {"shapes": shapes, "model_identity": model.identity}

@@ -65,10 +65,12 @@ def test_complete_returns_model_frame_and_placement(client, tiny_model_file):
     workdir = client.new_workdir()
     scan = {"vertices": save_array(workdir, "v", moved), "faces": save_array(workdir, "f", faces)}
     params = {"model": str(tiny_model_file), "device": "cpu", "resolution": 32, "iterations": 50, "scans": [scan]}
+    params["placement"] = "reference"
     shape = client.wait(client.submit("complete", params, workdir), timeout=120)["shapes"][0]
     v = load_array(shape["mesh"]["vertices"])
     assert np.abs(v).max() < 1.0  # model frame
-    back = v / shape["scale"] - np.array(shape["offset"])
+    m = np.asarray(shape["model_to_input"])
+    back = v @ m[:3, :3].T + m[:3, 3]
     np.testing.assert_allclose(back.mean(axis=0), moved.mean(axis=0), atol=0.15)
     assert len(shape["code"]) == 8
 
