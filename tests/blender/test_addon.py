@@ -90,7 +90,7 @@ def test_complete_lands_on_the_scan_and_leaves_it_alone(scene):
     before = _world_vertices(scan).copy()
     matrix = np.array(scan.matrix_world).copy()
     _select(scan)
-    result, err = _run(bpy.ops.deepsdf.complete, resolution=40, quality="fast")
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=40, quality="fast", placement="reference")
     assert result == {"FINISHED"}, err
     done = bpy.data.objects["Scan completed"]
     assert done.users_collection[0] == scan.users_collection[0]
@@ -116,7 +116,7 @@ def test_complete_uses_modifiers_and_vertex_only_scans(scene):
     mod.use_axis[0] = True
     cloud = _mesh_object("Cloud", verts[::3], None, location=(0, 4.0, 0))
     _select(scan, cloud)
-    result, err = _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast")
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast", placement="reference")
     assert result == {"FINISHED"}, err
     full = _world_vertices(bpy.data.objects["Half completed"])
     assert full[:, 0].min() < -0.35  # the mirrored half was part of the input
@@ -162,7 +162,7 @@ def test_complete_then_remesh_keeps_the_frame(scene):
     verts, faces = _box_scan(scale=0.5)
     scan = _mesh_object("Small", verts, faces, location=(-2, 0, 1))
     _select(scan)
-    _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast")
+    _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast", placement="reference")
     done = bpy.data.objects["Small completed"]
     box_before = _world_vertices(done)
     _select(done)
@@ -303,3 +303,35 @@ def test_zz_disable_and_uninstall(addon):
     result = bpy.ops.extensions.package_uninstall(repo_directory=user_dir, pkg_id="deepsdf_blender")
     assert result == {"FINISHED"}
     assert not os.path.exists(os.path.join(user_dir, "deepsdf_blender"))
+
+
+def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
+    """A one-view scan placed anywhere (turned, scaled, moved) is completed over itself."""
+    import sys
+
+    sys.path.insert(0, str(__import__("tests.conftest").conftest.REPO))
+    from engine.scan import orbit_camera, partial_mesh, simulate_scan
+    from tests.analytic import SHAPES, analytic_mesh
+
+    v, f = analytic_mesh(SHAPES["capsule_pair"], 64)
+    cam_model = orbit_camera(30, 25, 2.5)
+    scan = simulate_scan(v, f, cam_model, seed=1)
+    pv, pf = partial_mesh(scan)
+    to_blender = MODEL_TO_BLENDER * 2.0  # y up -> z up, twice the size
+    obj = _mesh_object("Partial", pv @ to_blender.T, pf, location=(1.0, -2.0, 0.3))
+    obj.rotation_euler = (0, 0, 0.7)
+    bpy.context.view_layer.update()
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    bpy.context.collection.objects.link(cam)
+    cam.matrix_world = obj.matrix_world.copy()
+    cam.location = tuple(np.array(obj.matrix_world) @ np.append(np.asarray(cam_model.position) @ to_blender.T, 1))[:3]
+    bpy.context.scene.camera = cam
+    bpy.context.view_layer.update()
+    _select(obj)
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=48, placement="estimate", use_camera=True)
+    assert result == {"FINISHED"}, err
+    done = _world_vertices(bpy.data.objects["Partial completed"])
+    world = np.array(obj.matrix_world)
+    truth = (v @ to_blender.T) @ world[:3, :3].T + world[:3, 3]
+    np.testing.assert_allclose(done.min(0), truth.min(0), atol=0.25)
+    np.testing.assert_allclose(done.max(0), truth.max(0), atol=0.25)
