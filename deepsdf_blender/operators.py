@@ -25,6 +25,7 @@ from .meshes import (
     is_deepsdf,
     new_mesh,
     read_world_geometry,
+    set_confidence,
     stored_code,
     stored_map,
     tag_object,
@@ -152,6 +153,9 @@ def _shape_objects(context, result, kind, settings, maps, names, placements):
             n = (n @ maps[k][:3, :3].T).astype(np.float32)
             n /= np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
         mesh = new_mesh(names[k], v, load_array(shape["mesh"]["faces"]), n)
+        confidence = load_array(shape["mesh"].get("confidence"))
+        if confidence is not None:
+            set_confidence(mesh, confidence)
         obj = bpy.data.objects.new(names[k], mesh)
         obj.matrix_world = _matrix(placements[k])
         tag_object(obj, shape["code"], identity, source, kind, maps[k], settings)

@@ -164,7 +164,9 @@ def reconstruct(
         result = fit_placement(model, pts, normals, sensors, placement, scaled(on_progress, 0, 600, total))
         out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
         m2i = result.model_to_input
-        return Reconstruction(out.apply_matrix(m2i), result.code, m2i, result.loss, "placement")
+        placed = out.apply_matrix(m2i)
+        placed.vertex_values["confidence"] = observation_confidence(placed.vertices, pts, 1.0 / result.scale)
+        return Reconstruction(placed, result.code, m2i, result.loss, "placement")
     if known_frame:
         offset, scale = np.zeros(3, np.float32), 1.0
     else:
@@ -180,7 +182,18 @@ def reconstruct(
     m2i = np.eye(4)
     m2i[:3, :3] /= scale
     m2i[:3, 3] = -offset
-    return Reconstruction(out.apply_matrix(m2i), result.code, m2i, result.loss, "known" if known_frame else "reference")
+    placed = out.apply_matrix(m2i)
+    placed.vertex_values["confidence"] = observation_confidence(placed.vertices, vertices, 1.0 / scale)
+    return Reconstruction(placed, result.code, m2i, result.loss, "known" if known_frame else "reference")
+
+
+def observation_confidence(vertices: np.ndarray, observed: np.ndarray, unit: float) -> np.ndarray:
+    """Per-vertex confidence (n,) in [0, 1]: 1 where the surface was observed, falling to 0 at
+    5 % of the shape's radius (``unit`` = one model unit in the input's frame) from any observation."""
+    from scipy.spatial import cKDTree
+
+    dist, _ = cKDTree(np.asarray(observed, np.float64)).query(np.asarray(vertices, np.float64), k=1, workers=-1)
+    return np.clip(1.0 - dist / (0.05 * unit), 0.0, 1.0).astype(np.float32)
 
 
 def fit_observations(

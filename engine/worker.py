@@ -195,9 +195,11 @@ class Worker:
             )
             # back to the model frame: the front end composes its own frame maps
             local = rec.mesh.apply_matrix(np.linalg.inv(rec.model_to_input))
+            mesh_ref = self.mesh_ref(workdir, f"shape{k}", local)
+            mesh_ref["confidence"] = save_array(workdir, f"shape{k}_c", rec.mesh.vertex_values["confidence"])
             shapes.append(
                 {
-                    "mesh": self.mesh_ref(workdir, f"shape{k}", local),
+                    "mesh": mesh_ref,
                     "code": [float(x) for x in rec.code],
                     "model_to_input": rec.model_to_input.tolist(),
                     "loss": float(rec.loss),

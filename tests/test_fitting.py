@@ -156,6 +156,9 @@ def test_partial_scan_in_unknown_placement(tiny_model):
     truth = (v @ rot.T) * s + t
     m = compare_meshes((rec.mesh.vertices, rec.mesh.faces), (truth, f), samples=10000)
     assert m.chamfer / s**2 < 3e-3, m  # in model units, like the known-pose fits above
+    conf = rec.mesh.vertex_values["confidence"]
+    seen = np.linalg.norm(rec.mesh.vertices[:, None] - pts[None, ::50], axis=2).min(axis=1) < 0.01 * s
+    assert conf[seen].mean() > 0.8 and conf[~seen].mean() < conf[seen].mean() - 0.3  # the back was invented
     # the completion covers the unseen back: its extent matches the whole shape's
     np.testing.assert_allclose(rec.mesh.vertices.min(0), truth.min(0), atol=0.1 * s)
     np.testing.assert_allclose(rec.mesh.vertices.max(0), truth.max(0), atol=0.1 * s)

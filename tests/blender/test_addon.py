@@ -330,6 +330,7 @@ def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
     _select(obj)
     result, err = _run(bpy.ops.deepsdf.complete, resolution=48, placement="estimate", use_camera=True)
     assert result == {"FINISHED"}, err
+    assert "deepsdf_confidence" in bpy.data.objects["Partial completed"].data.color_attributes
     done = _world_vertices(bpy.data.objects["Partial completed"])
     world = np.array(obj.matrix_world)
     truth = (v @ to_blender.T) @ world[:3, :3].T + world[:3, 3]
