@@ -40,7 +40,9 @@ def test_training_codes_mesh_to_their_shapes(name):
         assert trimesh.Trimesh(mesh.vertices, mesh.faces).is_watertight
         v, f = shape_mesh(_procedural(model.shape_names[index]), 96)
         offset, scale = reference_normalization(v)
-        metrics = engine.compare_meshes((mesh.vertices, mesh.faces), (to_model_frame(v, offset, scale), f), samples=10000)
+        metrics = engine.compare_meshes(
+            (mesh.vertices, mesh.faces), (to_model_frame(v, offset, scale), f), samples=10000
+        )
         assert metrics.chamfer < TRAINING_CHAMFER[name], (model.shape_names[index], metrics)
 
 

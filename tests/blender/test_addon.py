@@ -293,18 +293,6 @@ def test_undo_removes_the_result(scene, addon):
     assert "DeepSDF seed0 #0" not in bpy.data.objects
 
 
-def test_zz_disable_and_uninstall(addon):
-    import addon_utils
-
-    user_dir = os.path.dirname(os.path.dirname(addon.__file__))
-    assert bpy.ops.preferences.addon_disable(module=PKG) == {"FINISHED"}
-    assert PKG not in bpy.context.preferences.addons
-    assert not addon_utils.check(PKG)[1]  # not loaded
-    result = bpy.ops.extensions.package_uninstall(repo_directory=user_dir, pkg_id="deepsdf_blender")
-    assert result == {"FINISHED"}
-    assert not os.path.exists(os.path.join(user_dir, "deepsdf_blender"))
-
-
 def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
     """A one-view scan placed anywhere (turned, scaled, moved) is completed over itself."""
     import sys
@@ -336,3 +324,15 @@ def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
     truth = (v @ to_blender.T) @ world[:3, :3].T + world[:3, 3]
     np.testing.assert_allclose(done.min(0), truth.min(0), atol=0.25)
     np.testing.assert_allclose(done.max(0), truth.max(0), atol=0.25)
+
+
+def test_zz_disable_and_uninstall(addon):
+    import addon_utils
+
+    user_dir = os.path.dirname(os.path.dirname(addon.__file__))
+    assert bpy.ops.preferences.addon_disable(module=PKG) == {"FINISHED"}
+    assert PKG not in bpy.context.preferences.addons
+    assert not addon_utils.check(PKG)[1]  # not loaded
+    result = bpy.ops.extensions.package_uninstall(repo_directory=user_dir, pkg_id="deepsdf_blender")
+    assert result == {"FINISHED"}
+    assert not os.path.exists(os.path.join(user_dir, "deepsdf_blender"))
