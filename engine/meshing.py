@@ -236,8 +236,9 @@ def marching_cubes(values: np.ndarray, box: float = 1.0) -> tuple[np.ndarray, np
     """Zero level set of a grid over ``[-box, box]^3``.
 
     values: (N, N, N) float32, negative inside. Returns vertices (n, 3) float32
-    in the grid's frame and faces (m, 3) int32, wound so normals point outside.
-    Raises :class:`NoSurfaceError` when the grid has no sign change.
+    in the grid's frame and faces (m, 3) int32, wound so normals point outside and
+    closed where the shape reaches the box (watertight). Raises :class:`NoSurfaceError`
+    when the grid has no sign change.
     """
     from skimage import measure
 
@@ -258,8 +259,10 @@ def marching_cubes(values: np.ndarray, box: float = 1.0) -> tuple[np.ndarray, np
         )
     n = values.shape[0]
     spacing = 2.0 * box / (n - 1)
-    verts, faces, _, _ = measure.marching_cubes(values, level=0.0, spacing=(spacing,) * 3)
-    verts = (verts - box).astype(np.float32)
+    # a shape that reaches the box's faces is closed there, so every mesh is watertight
+    padded = np.pad(values, 1, mode="constant", constant_values=max(hi, spacing))
+    verts, faces, _, _ = measure.marching_cubes(padded, level=0.0, spacing=(spacing,) * 3)
+    verts = (verts - box - spacing).astype(np.float32)
     return verts, faces.astype(np.int32)
 
 
