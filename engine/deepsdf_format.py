@@ -201,7 +201,8 @@ def import_experiment(exp_dir: str | os.PathLike, checkpoint: str = "latest") ->
     return ShapeModel(decoder=decoder, codes=codes, shape_names=names, offsets=offsets, scales=scales, info=info)
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
+def atomic_torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -244,9 +245,9 @@ def export_experiment(model: ShapeModel, out_dir: str | os.PathLike, epoch: int 
     (out / "specs.json").write_text(json.dumps(specs, indent=2))
     (out / "split.json").write_text(json.dumps(split, indent=1))
     state = state_to_reference(model.decoder.state_dict())
-    _atomic_torch_save({"epoch": epoch, "model_state_dict": state}, out / "ModelParameters" / "latest.pth")
+    atomic_torch_save({"epoch": epoch, "model_state_dict": state}, out / "ModelParameters" / "latest.pth")
     codes = model.codes.detach().cpu().float().clone()
-    _atomic_torch_save({"epoch": epoch, "latent_codes": {"weight": codes}}, out / "LatentCodes" / "latest.pth")
+    atomic_torch_save({"epoch": epoch, "latent_codes": {"weight": codes}}, out / "LatentCodes" / "latest.pth")
     for i, (ds, cls, inst) in enumerate(entries):
         npz = out / "data" / "NormalizationParameters" / ds / cls / f"{inst}.npz"
         npz.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,16 @@ def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _optimizer(config: PlacementConfig, codes, trans, yaw, log_s) -> torch.optim.Adam:
+    """One Adam over the hypotheses' codes and transforms (yaw and scale when estimated)."""
+    groups = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
+    if config.estimate_yaw:
+        groups.append({"params": [yaw], "lr": config.lr_pose * 4})
+    if config.estimate_scale:
+        groups.append({"params": [log_s], "lr": config.lr_pose})
+    return torch.optim.Adam(groups)
+
+
 def fit_placement(
     model: ShapeModel,
     points: np.ndarray,
@@ -152,12 +162,7 @@ def fit_placement(
     log_s = torch.full((H,), math.log(s0), device=dev, requires_grad=config.estimate_scale)
     trans = torch.zeros(H, 3, device=dev, requires_grad=True)
     codes = model.codes.detach().mean(dim=0, keepdim=True).repeat(H, 1).clone().requires_grad_(True)
-    params = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
-    if config.estimate_yaw:
-        params.append({"params": [yaw], "lr": config.lr_pose * 4})
-    if config.estimate_scale:
-        params.append({"params": [log_s], "lr": config.lr_pose})
-    opt = torch.optim.Adam(params)
+    opt = _optimizer(config, codes, trans, yaw, log_s)
     base = [g["lr"] for g in opt.param_groups]
     log_s0 = math.log(s0)
 
@@ -221,12 +226,7 @@ def fit_placement(
                     yaw, log_s, trans, codes = (
                         x.detach()[order].clone().requires_grad_(x.requires_grad) for x in (yaw, log_s, trans, codes)
                     )
-                    params = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
-                    if config.estimate_yaw:
-                        params.append({"params": [yaw], "lr": config.lr_pose * 4})
-                    if config.estimate_scale:
-                        params.append({"params": [log_s], "lr": config.lr_pose})
-                    opt = torch.optim.Adam(params)
+                    opt = _optimizer(config, codes, trans, yaw, log_s)
                 if step % 10 == 0 or step == config.iterations - 1:
                     report(on_progress, step + 1, config.iterations, "fitting code and placement")
             with torch.no_grad():

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -241,15 +240,9 @@ def save_checkpoint(
         "model": module.state_dict(),
         "optimizer": opt.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .deepsdf_format import atomic_torch_save
+
+    atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: Path) -> dict:
