@@ -73,6 +73,18 @@ def completion_scores(model, data: Path, meshes: Path, entries, resolution: int,
     return rows, tiles
 
 
+def render_codes(model, codes, resolution: int = 96, size: int = 170) -> list[np.ndarray]:
+    """Each code meshed and rendered; a grey tile where a code has no surface."""
+    tiles = []
+    for c in codes:
+        try:
+            m = engine.extract_mesh(model, c, engine.MeshConfig(resolution=resolution))
+            tiles.append(render_mesh(m.vertices, m.faces, size))
+        except engine.NoSurfaceError:
+            tiles.append(np.full((size, size, 3), 235, np.uint8))
+    return tiles
+
+
 def summary(rows) -> dict:
     cd = np.array([r["chamfer"] for r in rows])
     return {
@@ -117,22 +129,9 @@ def main() -> int:
     # interpolation strip between two training shapes of different kinds, and prior samples
     codes = model.codes.cpu().numpy()
     path = engine.interpolate_codes(codes[0], codes[3], 6, "linear")
-    strip = []
-    for c in path:
-        try:
-            m = engine.extract_mesh(model, c, engine.MeshConfig(resolution=96))
-            strip.append(render_mesh(m.vertices, m.faces, 170))
-        except engine.NoSurfaceError:
-            strip.append(np.full((170, 170, 3), 235, np.uint8))
-    save_png(out / "images" / f"{args.name}_interpolation.png", image_grid(strip, 6))
-    samples = []
-    for c in engine.sample_codes(model, 8, seed=1, temperature=0.8):
-        try:
-            m = engine.extract_mesh(model, c, engine.MeshConfig(resolution=96))
-            samples.append(render_mesh(m.vertices, m.faces, 170))
-        except engine.NoSurfaceError:
-            samples.append(np.full((170, 170, 3), 235, np.uint8))
-    save_png(out / "images" / f"{args.name}_samples.png", image_grid(samples, 4))
+    save_png(out / "images" / f"{args.name}_interpolation.png", image_grid(render_codes(model, path), 6))
+    samples = engine.sample_codes(model, 8, seed=1, temperature=0.8)
+    save_png(out / "images" / f"{args.name}_samples.png", image_grid(render_codes(model, samples), 4))
 
     report = {
         "model": model.summary(),
