@@ -134,8 +134,9 @@ def reconstruct(
     """Fit a code to a mesh or point cloud (a scan) and mesh it, in the input's frame.
 
     vertices: (n, 3) float, the input's frame, **y up**; faces: (m, 3) int or None for a
-    point cloud. sensor: (3,) scanner position in the input's frame (orients cloud
-    normals and adds free-space observations). The input's placement is found by:
+    point cloud. sensor: (3,) scanner position in the input's frame, or (n, 3) one per
+    point of a cloud scanned from several places (orients cloud normals and adds
+    free-space observations). The input's placement is found by:
 
     * ``known_frame=True``: the input is already in the model frame;
     * ``placement`` (default): scale, yaw and translation fitted jointly with the code
@@ -148,20 +149,23 @@ def reconstruct(
         raise InputError("the input has no vertices")
     if not np.isfinite(vertices).all():
         raise InputError("the input has NaN or infinite coordinates")
+    is_mesh = faces is not None and len(faces) > 0
+    sensors = _sensors(sensor, len(vertices), is_mesh)
     total = 1000
     if not known_frame and placement is not None:
-        if faces is not None and len(faces):
+        if is_mesh:
             pts, normals = sample_surface(vertices, faces, observation.surface_points, fit.seed)
+            point_sensors = None if sensors is None else np.broadcast_to(sensors, pts.shape)
         else:
             rng = np.random.default_rng(fit.seed)
-            pts = (
-                vertices
+            keep = (
+                np.arange(len(vertices))
                 if len(vertices) <= observation.max_points
-                else vertices[rng.choice(len(vertices), observation.max_points, replace=False)]
+                else rng.choice(len(vertices), observation.max_points, replace=False)
             )
-            normals = None
-        sensors = None if sensor is None else np.repeat(np.asarray(sensor, np.float64).reshape(1, 3), len(pts), axis=0)
-        result = fit_placement(model, pts, normals, sensors, placement, scaled(on_progress, 0, 600, total))
+            pts, normals = vertices[keep], None
+            point_sensors = None if sensors is None else np.broadcast_to(sensors, vertices.shape)[keep]
+        result = fit_placement(model, pts, normals, point_sensors, placement, scaled(on_progress, 0, 600, total))
         out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
         m2i = result.model_to_input
         placed = out.apply_matrix(m2i)
@@ -172,9 +176,11 @@ def reconstruct(
     else:
         offset, scale = reference_normalization(vertices)
     local = to_model_frame(vertices, offset, scale)
-    sensor_local = None if sensor is None else to_model_frame(np.asarray(sensor).reshape(1, 3), offset, scale)[0]
-    if faces is not None and len(faces):
-        obs = observations_from_mesh(local, faces, observation, seed=fit.seed)
+    sensor_local = None if sensors is None else to_model_frame(sensors.reshape(-1, 3), offset, scale)
+    if is_mesh:
+        obs = observations_from_mesh(
+            local, faces, observation, seed=fit.seed, sensor=None if sensor_local is None else sensor_local[0]
+        )
     else:
         obs = observations_from_points(local, sensor=sensor_local, config=observation, seed=fit.seed)
     result = fit_code(model, obs, fit, scaled(on_progress, 0, 600, total))
@@ -185,6 +191,24 @@ def reconstruct(
     placed = out.apply_matrix(m2i)
     placed.vertex_values["confidence"] = observation_confidence(placed.vertices, vertices, 1.0 / scale)
     return Reconstruction(placed, result.code, m2i, result.loss, "known" if known_frame else "reference")
+
+
+def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:
+    """The scanner position(s) as (3,) for one sensor or (n, 3) per point; validated."""
+    if sensor is None:
+        return None
+    arr = np.asarray(sensor, np.float64)
+    if arr.size == 3:
+        arr = arr.reshape(3)
+    elif is_mesh or arr.shape != (n, 3):
+        raise InputError(
+            "sensor must be one position (3,)"
+            + ("" if is_mesh else f" or one per point ({n}, 3)")
+            + f"; got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise InputError("the sensor position has NaN or infinite coordinates")
+    return arr
 
 
 def observation_confidence(vertices: np.ndarray, observed: np.ndarray, unit: float) -> np.ndarray:

@@ -3,9 +3,11 @@
 A surface point gets SDF 0; the points ``eta`` along its outward normal get
 ``+eta`` and ``-eta``; points on a shell just outside the unit sphere are known
 to be outside (a lower bound, since every shape lies within radius ~0.971).
-Normals come from faces, or are estimated from the k nearest neighbours of a
-point cloud (PCA) and oriented towards the sensor when its position is known,
-else away from the cloud's centre.
+When the sensor position is known, points on each ray between the sensor and the
+surface point it saw are free space: known to be outside (SDF >= 0), drawn on the
+part ``free_space_range`` of the way from the sensor to the surface. Normals come from faces, or are estimated from the k nearest
+neighbours of a point cloud (PCA) and oriented towards the sensor when its
+position is known, else away from the cloud's centre.
 """
 
 from __future__ import annotations
@@ -34,13 +36,40 @@ class ObservationConfig:
     """Neighbours for PCA normals of a point cloud."""
     max_points: int = 200_000
     """Larger clouds are subsampled (seeded) before anything else, so huge scans do not hang."""
+    free_space_per_point: int = 1
+    """Free-space points per surface point on its sensor ray (only when a sensor is known)."""
+    free_space_range: tuple[float, float] = (0.5, 0.95)
+    """Where on the ray from the sensor (0) to the surface point (1) free space is drawn."""
+
+
+def free_space_points(
+    surface: np.ndarray,
+    sensors: np.ndarray,
+    per_point: int,
+    fraction: tuple[float, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Points known to be empty: on the segment from each point's sensor to the point.
+
+    surface: (n, 3); sensors: (n, 3) or (3,), same frame. Each point lies a uniform
+    ``fraction`` of the way from the sensor (0) to the surface (1). Returns
+    (n * per_point, 3) float32.
+    """
+    pts = np.asarray(surface, np.float64)
+    sens = np.broadcast_to(np.asarray(sensors, np.float64), pts.shape)
+    out = []
+    for _ in range(per_point):
+        u = rng.uniform(fraction[0], fraction[1], (len(pts), 1))
+        out.append(sens + u * (pts - sens))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 3), np.float32)
 
 
 def estimate_normals(points: np.ndarray, neighbours: int = 16, sensor: np.ndarray | None = None) -> np.ndarray:
     """Unit normals of a point cloud by PCA of each point's neighbourhood.
 
-    points: (n, 3). sensor: (3,) position, same frame, or None. Normals point
-    towards the sensor if given, else away from the cloud's centroid. Returns (n, 3) float32.
+    points: (n, 3). sensor: (3,) position or (n, 3) one per point, same frame, or None.
+    Normals point towards the sensor if given, else away from the cloud's centroid.
+    Returns (n, 3) float32.
     """
     from scipy.spatial import cKDTree
 
@@ -67,26 +96,58 @@ def _far_shell(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def _assemble(
-    surface: np.ndarray, normals: np.ndarray, config: ObservationConfig, rng: np.random.Generator
+    surface: np.ndarray,
+    normals: np.ndarray,
+    config: ObservationConfig,
+    rng: np.random.Generator,
+    sensors: np.ndarray | None = None,
 ) -> Observations:
     eta = config.eta
     far, far_sdf = _far_shell(config.far_points, rng)
-    pts = np.concatenate([surface, surface + eta * normals, surface - eta * normals, far])
+    free = np.zeros((0, 3), np.float32)
+    if sensors is not None and config.free_space_per_point > 0:
+        free = free_space_points(surface, sensors, config.free_space_per_point, config.free_space_range, rng)
+    pts = np.concatenate([surface, surface + eta * normals, surface - eta * normals, far, free])
     n = len(surface)
-    sdf = np.concatenate([np.zeros(n), np.full(n, eta), np.full(n, -eta), far_sdf]).astype(np.float32)
+    sdf = np.concatenate([np.zeros(n), np.full(n, eta), np.full(n, -eta), far_sdf, np.zeros(len(free))])
     lower = np.zeros(len(pts), bool)
     lower[3 * n :] = True
-    return Observations(pts, sdf, lower_bound=lower)
+    return Observations(pts, sdf.astype(np.float32), lower_bound=lower)
+
+
+def _sensor_array(sensor: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A (3,) position or (n, 3) per-point positions as (n, 3) float64, or None."""
+    if sensor is None:
+        return None
+    arr = np.asarray(sensor, np.float64)
+    if arr.shape == (3,):
+        return np.broadcast_to(arr, (n, 3)).copy()
+    if arr.shape == (n, 3):
+        return arr
+    raise InputError(f"sensor must be one position (3,) or one per point ({n}, 3), got {arr.shape}")
 
 
 def observations_from_mesh(
-    vertices: np.ndarray, faces: np.ndarray, config: ObservationConfig = ObservationConfig(), seed: int = 0
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    config: ObservationConfig = ObservationConfig(),
+    seed: int = 0,
+    sensor: np.ndarray | None = None,
 ) -> Observations:
-    """Observations of a (possibly partial) mesh in the model frame. vertices (n, 3), faces (m, 3)."""
+    """Observations of a (possibly partial) mesh in the model frame. vertices (n, 3), faces (m, 3).
+
+    sensor: (3,) scanner position (model frame) or None; adds free-space observations.
+    """
     from .metrics import sample_surface
 
     surface, normals = sample_surface(vertices, faces, config.surface_points, seed)
-    return _assemble(surface.astype(np.float32), normals.astype(np.float32), config, np.random.default_rng(seed))
+    return _assemble(
+        surface.astype(np.float32),
+        normals.astype(np.float32),
+        config,
+        np.random.default_rng(seed),
+        _sensor_array(sensor, len(surface)),
+    )
 
 
 def observations_from_points(
@@ -96,19 +157,26 @@ def observations_from_points(
     config: ObservationConfig = ObservationConfig(),
     seed: int = 0,
 ) -> Observations:
-    """Observations of a point cloud (n, 3), model frame; normals estimated when not given."""
+    """Observations of a point cloud (n, 3), model frame; normals estimated when not given.
+
+    sensor: (3,) scanner position or (n, 3) one per point (model frame), or None. It
+    orients estimated normals and adds free-space observations on the rays.
+    """
     rng = np.random.default_rng(seed)
     pts = np.asarray(points, np.float32)
+    sensors = _sensor_array(sensor, len(pts))
     if len(pts) > config.max_points:
         keep = rng.choice(len(pts), config.max_points, replace=False)
         pts = pts[keep]
         normals = None if normals is None else np.asarray(normals)[keep]
+        sensors = None if sensors is None else sensors[keep]
     if normals is None:
-        normals = estimate_normals(pts, config.normal_neighbours, sensor)
+        normals = estimate_normals(pts, config.normal_neighbours, sensors)
     if len(pts) > config.surface_points:
         keep = rng.choice(len(pts), config.surface_points, replace=False)
         pts, normals = pts[keep], normals[keep]
-    return _assemble(pts, np.asarray(normals, np.float32), config, rng)
+        sensors = None if sensors is None else sensors[keep]
+    return _assemble(pts, np.asarray(normals, np.float32), config, rng, sensors)
 
 
 def observations_from_sdf_samples(path: str | Path) -> Observations:
