@@ -165,12 +165,25 @@ def reconstruct(
             )
             pts, normals = vertices[keep], None
             point_sensors = None if sensors is None else np.broadcast_to(sensors, vertices.shape)[keep]
-        result = fit_placement(model, pts, normals, point_sensors, placement, scaled(on_progress, 0, 600, total))
-        out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
-        m2i = result.model_to_input
+        result = fit_placement(model, pts, normals, point_sensors, placement, scaled(on_progress, 0, 500, total))
+        code, i2m, loss = renormalize(
+            model,
+            result.code,
+            result.input_to_model,
+            pts,
+            normals,
+            point_sensors,
+            placement,
+            fit,
+            observation,
+            scaled(on_progress, 500, 150, total),
+        )
+        out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
+        m2i = np.linalg.inv(i2m)
         placed = out.apply_matrix(m2i)
-        placed.vertex_values["confidence"] = observation_confidence(placed.vertices, pts, 1.0 / result.scale)
-        return Reconstruction(placed, result.code, m2i, result.loss, "placement")
+        unit = float(np.cbrt(abs(np.linalg.det(m2i[:3, :3]))))
+        placed.vertex_values["confidence"] = observation_confidence(placed.vertices, pts, unit)
+        return Reconstruction(placed, code, m2i, loss, "placement")
     if known_frame:
         offset, scale = np.zeros(3, np.float32), 1.0
     else:
@@ -191,6 +204,63 @@ def reconstruct(
     placed = out.apply_matrix(m2i)
     placed.vertex_values["confidence"] = observation_confidence(placed.vertices, vertices, 1.0 / scale)
     return Reconstruction(placed, result.code, m2i, result.loss, "known" if known_frame else "reference")
+
+
+def renormalize(
+    model: ShapeModel,
+    code: np.ndarray,
+    input_to_model: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray | None,
+    sensors: np.ndarray | None,
+    placement: PlacementConfig,
+    fit: FitConfig,
+    observation: ObservationConfig,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Put a placed fit into the training shapes' normalisation and refit the code there.
+
+    Meshes ``code`` coarsely, maps the scan by the similarity that moves that shape's
+    bounding-box centre to the origin and its radius to 1/1.03 (the reference
+    normalisation every training shape had), refits the code with the pose fixed,
+    ``placement.renormalize_rounds`` times. points, normals, sensors: (n, 3) the scan,
+    input frame. input_to_model: (4, 4). Returns ``(code (L,), input_to_model (4, 4), loss)``.
+    """
+    from dataclasses import replace
+
+    from .errors import NoSurfaceError
+
+    i2m = np.asarray(input_to_model, np.float64)
+    rounds = placement.renormalize_rounds
+    loss = float("nan")
+    for r in range(rounds):
+        try:
+            coarse = extract_mesh(model, code, MeshConfig(resolution=placement.renormalize_resolution, method="dense"))
+        except NoSurfaceError:
+            break
+        offset, scale = reference_normalization(coarse.vertices)
+        fix = np.eye(4)
+        fix[:3, :3] *= scale
+        fix[:3, 3] = np.asarray(offset, np.float64) * scale
+        i2m = fix @ i2m
+        local = (np.asarray(points, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
+        sens = None
+        if sensors is not None:
+            sens = (np.asarray(sensors, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
+        nrm = None
+        if normals is not None:
+            nrm = np.asarray(normals, np.float64) @ i2m[:3, :3].T
+            nrm = (nrm / np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+        obs = observations_from_points(local, nrm, sens, observation, seed=fit.seed + r)
+        result = fit_code(
+            model,
+            obs,
+            replace(fit, iterations=placement.refine_iterations),
+            scaled(on_progress, r * 1000 // rounds, 1000 // rounds, 1000),
+            initial_code=code,
+        )
+        code, loss = result.code, result.loss
+    return code, i2m, loss
 
 
 def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:

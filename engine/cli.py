@@ -393,6 +393,69 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return 0 if rep.summary().get("evaluated") else 1
 
 
+def _mesh_files(paths: list[str]) -> list[Path]:
+    """Files named, and the meshes (.obj .ply .off .stl .glb) inside directories named, sorted."""
+    out: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".obj", ".ply", ".off", ".stl", ".glb"))
+            if not found:
+                raise InputError(f"no meshes (.obj .ply .off .stl .glb) under {path}")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise InputError(f"shape file not found: {path}")
+    return out
+
+
+def cmd_evaluate_completion(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .completion_eval import CompletionEvalConfig, evaluate_completion
+    from .fitting import fit_preset
+    from .meshio import load_geometry
+    from .placement import PlacementConfig
+
+    model = _open(args)
+    files = _mesh_files(args.shapes)
+    if args.limit:
+        files = files[: args.limit]
+    shapes = []
+    for f in files:
+        vertices, faces = load_geometry(f)
+        if faces is None or not len(faces):
+            raise InputError(f"{f.name} is a point cloud; evaluation needs whole meshes")
+        shapes.append((f.stem, vertices, faces))
+    reference_fit = fit_preset("reference")
+    if args.reference_iterations:
+        reference_fit = replace(reference_fit, iterations=args.reference_iterations)
+    config = CompletionEvalConfig(
+        views=tuple(args.views),
+        noise=tuple(args.noise),
+        outliers=tuple(args.outliers),
+        poses=tuple(args.poses),
+        sensor=tuple(s == "yes" for s in args.sensor),
+        reference=not args.no_reference,
+        resolution=args.resolution,
+        fit=fit_preset(args.preset),
+        placement=PlacementConfig(**({"iterations": args.placement_iterations} if args.placement_iterations else {})),
+        reference_fit=reference_fit,
+        seed=args.seed,
+    )
+    progress = TqdmProgress(not args.quiet)
+    try:
+        result = evaluate_completion(model, shapes, config, progress)
+    finally:
+        progress.close()
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_make_shapes(args: argparse.Namespace) -> int:
     from .procedural import write_dataset
 
@@ -588,6 +651,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--device", default="auto")
     _add_mesh_args(p)
+
+    p = add(
+        "evaluate-completion",
+        cmd_evaluate_completion,
+        "Complete simulated scans of shapes under a grid of conditions and score them.",
+    )
+    p.add_argument("model", help="model file, experiment directory or bundled name")
+    p.add_argument("shapes", nargs="+", help="watertight meshes (files or directories), any frame, y up")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 3], help="cameras per scan (default 1 3)")
+    p.add_argument(
+        "--noise", type=float, nargs="+", default=[0.0, 0.005, 0.01], help="depth noise, fraction of object size"
+    )
+    p.add_argument("--outliers", type=float, nargs="+", default=[0.0], help="outlier fraction (default 0)")
+    p.add_argument("--poses", nargs="+", default=["known", "yaw", "similarity"], choices=["known", "yaw", "similarity"])
+    p.add_argument("--sensor", nargs="+", default=["yes", "no"], choices=["yes", "no"], help="sensor position given")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference-style fit")
+    p.add_argument("--reference-iterations", type=int, help="steps of the reference-style fit (default 800)")
+    p.add_argument("--preset", default="default", help="fit preset for known poses (default default)")
+    p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 250)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=64, help="marching-cubes resolution (default 64)")
+    p.add_argument("--json", help="write summary and per-shape rows here")
+    p.add_argument("--device", default="auto")
     return parser
 
 

@@ -241,13 +241,24 @@ def fit_code(
     obs: Observations,
     config: FitConfig = FitConfig(),
     on_progress: ProgressCallback | None = None,
+    initial_code: np.ndarray | None = None,
 ) -> FitResult:
-    """Fit a code to ``obs`` with the decoder frozen; returns the best of ``config.restarts``."""
+    """Fit a code to ``obs`` with the decoder frozen; returns the best of ``config.restarts``.
+
+    initial_code: (L,) start for the first restart instead of ``config.init`` (the
+    others start from it plus ``init_std`` noise), e.g. to refine an earlier fit.
+    """
     t0 = time.perf_counter()
     dev = model.device
     dec = model.decoder
     gen = torch.Generator().manual_seed(config.seed)
-    codes = _initial_codes(model, obs, config, gen).to(dev).requires_grad_(True)
+    if initial_code is not None:
+        start = torch.as_tensor(np.asarray(initial_code, np.float32).reshape(1, -1))
+        noise = torch.randn(config.restarts, model.code_length, generator=gen) * config.init_std
+        noise[0] = 0
+        codes = (start + noise).to(dev).requires_grad_(True)
+    else:
+        codes = _initial_codes(model, obs, config, gen).to(dev).requires_grad_(True)
     pts = torch.from_numpy(obs.points).to(dev)
     tgt = torch.from_numpy(obs.sdf).to(dev)
     w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None

@@ -36,6 +36,8 @@ class ObservationConfig:
     """Neighbours for PCA normals of a point cloud."""
     max_points: int = 200_000
     """Larger clouds are subsampled (seeded) before anything else, so huge scans do not hang."""
+    denoise: bool = True
+    """Project cloud points onto their neighbourhood's plane first (:func:`denoise_points`)."""
     free_space_per_point: int = 1
     """Free-space points per surface point on its sensor ray (only when a sensor is known)."""
     free_space_range: tuple[float, float] = (0.5, 0.95)
@@ -86,6 +88,29 @@ def estimate_normals(points: np.ndarray, neighbours: int = 16, sensor: np.ndarra
     flip = np.sum(normals * towards, axis=1) < 0
     normals[flip] *= -1
     return normals.astype(np.float32)
+
+
+def denoise_points(points: np.ndarray, neighbours: int = 16) -> np.ndarray:
+    """Project each point onto the plane fitted (PCA) to its ``neighbours`` nearest points.
+
+    points: (n, 3). Returns (n, 3) float32. Depth noise scatters a scan's points across
+    the surface; fitted as they are, the clamped loss prefers a fattened shape and the
+    placement search a smaller scale (measured: 8 % at 1 % noise), so clouds are
+    projected first.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, np.float64)
+    k = int(min(max(3, neighbours), len(pts)))
+    if len(pts) < 4:
+        return pts.astype(np.float32)
+    _, idx = cKDTree(pts).query(pts, k=k, workers=-1)
+    centre = pts[idx].mean(axis=1)
+    nb = pts[idx] - centre[:, None]
+    _, vecs = np.linalg.eigh(np.einsum("nki,nkj->nij", nb, nb))
+    normal = vecs[:, :, 0]
+    offset = np.sum((pts - centre) * normal, axis=1, keepdims=True)
+    return (pts - offset * normal).astype(np.float32)
 
 
 def _far_shell(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -171,6 +196,8 @@ def observations_from_points(
         normals = None if normals is None else np.asarray(normals)[keep]
         sensors = None if sensors is None else sensors[keep]
     if normals is None:
+        if config.denoise:
+            pts = denoise_points(pts, config.normal_neighbours)
         normals = estimate_normals(pts, config.normal_neighbours, sensors)
     if len(pts) > config.surface_points:
         keep = rng.choice(len(pts), config.surface_points, replace=False)

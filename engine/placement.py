@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from .errors import InputError
 from .frames import RADIUS_MARGIN
 from .model import ShapeModel
-from .observations import estimate_normals
+from .observations import denoise_points, estimate_normals
 from .progress import ProgressCallback, report
 
 
@@ -68,6 +68,17 @@ class PlacementConfig:
     with ``evaluate-completion``)."""
     scale_prior: float = 1e-3
     """Weight pulling log-scale towards its start (keeps a collapse or blow-up away)."""
+    denoise: bool = True
+    """Project a cloud's points onto their neighbourhood's plane before fitting (noisy scans)."""
+    renormalize_rounds: int = 2
+    """After the search: mesh the fitted shape coarsely, re-centre and re-scale the scan so
+    that shape sits like the training shapes (bounding-box centre at the origin, radius
+    1/1.03), and refit the code in that frame — this many times. A code can trade size
+    against the scan's scale; the training shapes' normalisation breaks the tie."""
+    renormalize_resolution: int = 40
+    """Grid of the coarse mesh that measures the fitted shape's extent."""
+    refine_iterations: int = 100
+    """Code-fit steps after each re-normalisation (pose fixed)."""
     seed: int = 0
 
 
@@ -142,6 +153,8 @@ def fit_placement(
     if sensors is not None:
         sensors = np.broadcast_to(np.asarray(sensors, np.float64), pts.shape)
     if normals is None:
+        if config.denoise:
+            pts = denoise_points(pts, 16).astype(np.float64)
         normals = estimate_normals(pts, 16, sensors)
     nrm = np.asarray(normals, np.float64).reshape(-1, 3)
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)

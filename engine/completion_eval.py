@@ -1,0 +1,351 @@
+"""How well scans complete under realistic conditions: a grid of simulated scans, scored.
+
+For each shape (a watertight mesh in any frame, y up) the shape is put in the model
+frame with the reference normalisation, scanned by the scan simulator under every
+condition of the grid, the scan is moved into an *input* frame by the condition's
+pose, completed there, and the completion is mapped back and scored against the
+whole shape in the model frame (unit sphere):
+
+* views: 1 or 3 depth cameras (160 x 120, 25 degrees above, 2.5 units away; the first
+  at a seeded random azimuth per shape, the others 120 degrees apart);
+* noise: depth noise as a fraction of the object's size (bounding-box diagonal);
+* outliers: fraction of extra points scattered in the scan's bounding box;
+* pose: ``known`` (the input is the model frame), ``yaw`` (a random turn about the
+  vertical), ``similarity`` (random yaw, scale x0.7-1.3 and an offset up to 2 units);
+* sensor: whether the sensor positions are given (free space, normal orientation).
+
+Known poses are fitted with :func:`api.reconstruct` ``known_frame=True``; others
+with the placement search. Next to them, the **reference-style fit** on the same
+scans: known pose, observations only at the surface and +-eta along normals (no free
+space, no far shell), the reference preset (800 steps, 8,000 samples, N(0, 0.01^2)
+start) — what DeepSDF's paper describes for its shape completion experiment.
+
+Scores: Chamfer (the reference definition: 30,000 samples, squared distances, both
+means summed), F-score at 0.01 and 0.02 (1 % and 2 % of the unit sphere's radius),
+all in the model frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from .errors import InputError
+from .fitting import FitConfig, fit_code, fit_preset
+from .frames import reference_normalization, to_model_frame
+from .meshing import Mesh, MeshConfig
+from .model import ShapeModel
+from .observations import ObservationConfig, estimate_normals
+from .placement import PlacementConfig
+from .progress import ProgressCallback, report
+
+POSES = ("known", "yaw", "similarity")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One cell of the grid. method: ``ours`` or ``reference`` (the reference-style fit)."""
+
+    views: int
+    noise: float
+    outliers: float
+    pose: str
+    sensor: bool
+    method: str = "ours"
+
+    @property
+    def label(self) -> str:
+        if self.method == "reference":
+            return f"reference-style  views={self.views} noise={self.noise:g} outliers={self.outliers:g}"
+        return (
+            f"ours  views={self.views} noise={self.noise:g} outliers={self.outliers:g} "
+            f"pose={self.pose} sensor={'yes' if self.sensor else 'no'}"
+        )
+
+
+@dataclass(frozen=True)
+class CompletionEvalConfig:
+    """The grid and the settings every completion uses."""
+
+    views: tuple[int, ...] = (1, 3)
+    noise: tuple[float, ...] = (0.0, 0.005, 0.01)
+    outliers: tuple[float, ...] = (0.0,)
+    poses: tuple[str, ...] = POSES
+    sensor: tuple[bool, ...] = (True, False)
+    reference: bool = True
+    """Also run the reference-style fit on every (views, noise, outliers) scan."""
+    resolution: int = 64
+    """Marching-cubes grid of the completions (scores barely move above 64: see the note)."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Known-pose fits (ours)."""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
+    reference_fit: FitConfig = field(default_factory=lambda: fit_preset("reference"))
+    camera_width: int = 160
+    camera_height: int = 120
+    elevation: float = 25.0
+    distance: float = 2.5
+    scale_range: float = 0.3
+    offset_range: float = 2.0
+    samples: int = 30_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = set(self.poses) - set(POSES)
+        if bad:
+            raise InputError(f"unknown pose condition(s) {sorted(bad)}; choose from {POSES}")
+        if not self.views or min(self.views) < 1:
+            raise InputError("views must be at least 1")
+        if any(n < 0 for n in self.noise) or any(not 0 <= o < 1 for o in self.outliers):
+            raise InputError("noise must be >= 0 and outliers in [0, 1)")
+
+    def conditions(self) -> list[Condition]:
+        """Every condition of the grid, reference-style rows included."""
+        out = []
+        for views, noise, outliers in itertools.product(self.views, self.noise, self.outliers):
+            if self.reference:
+                out.append(Condition(views, noise, outliers, "known", False, "reference"))
+            for pose, sensor in itertools.product(self.poses, self.sensor):
+                out.append(Condition(views, noise, outliers, pose, sensor))
+        return out
+
+
+@dataclass
+class CompletionEvalResult:
+    """rows: one dict per (shape, condition): the condition's fields, ``shape``,
+    ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
+    ``scale_error`` (relative) and ``yaw_error_degrees``."""
+
+    rows: list[dict]
+    config: dict
+
+    def summary(self) -> list[dict]:
+        """Per condition: shape count, mean and median Chamfer, mean F-scores and seconds,
+        and the mean Chamfer relative to the same scans' known-pose (ours, same sensor) result."""
+        groups: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            groups.setdefault(_key(r), []).append(r)
+        known = {k: v for k, v in groups.items() if k[5] == "ours" and k[3] == "known"}
+        out = []
+        for k, rows in groups.items():
+            ch = np.array([r["chamfer"] for r in rows])
+            entry = dict(zip(("views", "noise", "outliers", "pose", "sensor", "method"), k, strict=True))
+            ok = ch[np.isfinite(ch)]
+            entry.update(
+                shapes=len(rows),
+                failed=int(len(ch) - len(ok)),
+                chamfer_mean=float(ok.mean()) if len(ok) else float("nan"),
+                chamfer_median=float(np.median(ok)) if len(ok) else float("nan"),
+                f_0_01=float(np.mean([r["f_0.01"] for r in rows])),
+                f_0_02=float(np.mean([r["f_0.02"] for r in rows])),
+                seconds=float(np.mean([r["seconds"] for r in rows])),
+            )
+            base = known.get((k[0], k[1], k[2], "known", k[4], "ours"))
+            if base is not None and k[5] == "ours":
+                entry["vs_known_pose"] = entry["chamfer_mean"] / float(np.nanmean([r["chamfer"] for r in base]))
+            ref = [v for kk, v in groups.items() if kk[:3] == k[:3] and kk[5] == "reference"]
+            if ref:
+                entry["vs_reference"] = entry["chamfer_mean"] / float(np.nanmean([r["chamfer"] for r in ref[0]]))
+            out.append(entry)
+        return out
+
+    def table(self) -> str:
+        """The summary as a Markdown table (Chamfer x 10^3)."""
+        lines = [
+            "| method | views | noise | outliers | pose | sensor | shapes (failed) | Chamfer x1e3 mean / median "
+            "| F@1 % | F@2 % | vs known pose | vs reference-style | s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for e in self.summary():
+            vk = f"{e['vs_known_pose']:.2f}" if "vs_known_pose" in e else ""
+            vr = f"{e['vs_reference']:.2f}" if "vs_reference" in e and e["method"] == "ours" else ""
+            sensor = "" if e["method"] == "reference" else ("yes" if e["sensor"] else "no")
+            lines.append(
+                f"| {e['method']} | {e['views']} | {e['noise']:g} | {e['outliers']:g} | {e['pose']} | {sensor} "
+                f"| {e['shapes']} ({e['failed']}) | {1e3 * e['chamfer_mean']:.2f} / {1e3 * e['chamfer_median']:.2f} "
+                f"| {e['f_0_01']:.3f} | {e['f_0_02']:.3f} | {vk} | {vr} | {e['seconds']:.1f} |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "summary": self.summary(), "rows": self.rows}
+
+
+def _key(r: dict) -> tuple:
+    return (r["views"], r["noise"], r["outliers"], r["pose"], r["sensor"], r["method"])
+
+
+def _rot_y(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_range: float) -> np.ndarray:
+    """4 x 4 similarity from the model frame to a condition's input frame."""
+    m = np.eye(4)
+    if pose == "known":
+        return m
+    yaw = rng.uniform(0, 2 * math.pi)
+    scale = rng.uniform(1 - scale_range, 1 + scale_range) if pose == "similarity" else 1.0
+    m[:3, :3] = scale * _rot_y(yaw)
+    if pose == "similarity":
+        m[:3, 3] = rng.uniform(-offset_range, offset_range, 3)
+    return m
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return (np.asarray(pts, np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
+
+
+def reference_style_fit(
+    model: ShapeModel, points: np.ndarray, sensors: np.ndarray, config: CompletionEvalConfig
+) -> np.ndarray:
+    """The reference-style completion of a scan in the model frame: surface + +-eta only.
+
+    points, sensors: (n, 3) model frame (sensors orient the estimated normals, as any
+    scanner's normals are). Returns the (L,) code.
+    """
+    from .fitting import Observations
+
+    obs_cfg = config.observation
+    rng = np.random.default_rng(config.seed)
+    pts = np.asarray(points, np.float32)
+    normals = estimate_normals(pts, obs_cfg.normal_neighbours, sensors)
+    if len(pts) > obs_cfg.surface_points:
+        keep = rng.choice(len(pts), obs_cfg.surface_points, replace=False)
+        pts, normals = pts[keep], normals[keep]
+    eta = obs_cfg.eta
+    n = len(pts)
+    obs = Observations(
+        np.concatenate([pts, pts + eta * normals, pts - eta * normals]),
+        np.concatenate([np.zeros(n), np.full(n, eta), np.full(n, -eta)]).astype(np.float32),
+    )
+    return fit_code(model, obs, config.reference_fit).code
+
+
+def evaluate_completion(
+    model: ShapeModel,
+    shapes: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    config: CompletionEvalConfig = CompletionEvalConfig(),
+    on_progress: ProgressCallback | None = None,
+) -> CompletionEvalResult:
+    """Score completion of simulated scans of ``shapes`` under every condition of ``config``.
+
+    shapes: ``(name, vertices (n, 3), faces (m, 3))`` watertight meshes, any frame, y up.
+    """
+    from .errors import NoSurfaceError
+    from .metrics import sample_surface
+    from .scan import orbit_camera, simulate_scan
+
+    if not shapes:
+        raise InputError("no shapes to evaluate")
+    conditions = config.conditions()
+    total = len(shapes) * len(conditions)
+    done = 0
+    rows: list[dict] = []
+    mesh_cfg = MeshConfig(resolution=config.resolution)
+    for k, (name, vertices, faces) in enumerate(shapes):
+        offset, scale = reference_normalization(vertices)
+        local = to_model_frame(vertices, offset, scale)
+        truth, _ = sample_surface(local, faces, config.samples, seed=config.seed + k)
+        size = float(np.linalg.norm(local.max(axis=0) - local.min(axis=0)))
+        rng = np.random.default_rng([config.seed, k])
+        azimuth = rng.uniform(0, 360)
+        scans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        for cond in conditions:
+            skey = (cond.views, cond.noise, cond.outliers)
+            if skey not in scans:
+                cams = [
+                    orbit_camera(
+                        azimuth + 120 * j,
+                        config.elevation,
+                        config.distance,
+                        width=config.camera_width,
+                        height=config.camera_height,
+                    )
+                    for j in range(cond.views)
+                ]
+                scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=config.seed + k)
+                scans[skey] = (scan.points, scan.sensors)
+            points, sensors = scans[skey]
+            pose_rng = np.random.default_rng([config.seed, k, POSES.index(cond.pose), int(cond.sensor)])
+            m2i = random_pose(cond.pose, pose_rng, config.scale_range, config.offset_range)
+            t0 = time.perf_counter()
+            try:
+                mesh_model, extra = _complete(model, cond, points, sensors, m2i, config, mesh_cfg, k)
+                scores = _scores(mesh_model, truth, k)
+            except NoSurfaceError:  # a failure: counted, kept out of the means
+                extra, scores = {}, {"chamfer": float("nan"), "f_0.01": 0.0, "f_0.02": 0.0, "failed": True}
+            seconds = time.perf_counter() - t0
+            rows.append({"shape": name, **asdict(cond), **scores, "seconds": seconds, **extra})
+            done += 1
+            report(on_progress, done, total, f"{name}: {cond.label}")
+    cfg = {
+        "views": list(config.views),
+        "noise": list(config.noise),
+        "outliers": list(config.outliers),
+        "poses": list(config.poses),
+        "sensor": list(config.sensor),
+        "resolution": config.resolution,
+        "reference_fit": asdict(config.reference_fit),
+        "fit": asdict(config.fit),
+        "placement": asdict(config.placement),
+        "model": model.identity,
+        "shapes": [s[0] for s in shapes],
+    }
+    return CompletionEvalResult(rows, cfg)
+
+
+def _complete(
+    model: ShapeModel,
+    cond: Condition,
+    points: np.ndarray,
+    sensors: np.ndarray,
+    m2i: np.ndarray,
+    config: CompletionEvalConfig,
+    mesh_cfg: MeshConfig,
+    k: int,
+) -> tuple[Mesh, dict]:
+    """One completion; returns the mesh in the model frame and pose errors (estimated poses)."""
+    from . import api
+
+    if cond.method == "reference":
+        code = reference_style_fit(model, points, sensors, config)
+        return api.extract_mesh(model, code, mesh_cfg), {}
+    inp, sens = _apply(m2i, points), _apply(m2i, sensors)
+    rec = api.reconstruct(
+        model,
+        inp,
+        None,
+        known_frame=cond.pose == "known",
+        fit=replace(config.fit, seed=config.seed + k),
+        mesh=mesh_cfg,
+        observation=config.observation,
+        sensor=sens if cond.sensor else None,
+        placement=replace(config.placement, seed=config.seed + k),
+    )
+    extra: dict = {}
+    if cond.pose != "known":
+        est = rec.model_to_input
+        true_scale = float(np.cbrt(np.linalg.det(m2i[:3, :3])))
+        est_scale = float(np.cbrt(abs(np.linalg.det(est[:3, :3]))))
+        rel = np.linalg.inv(m2i[:3, :3] / true_scale) @ (est[:3, :3] / est_scale)
+        extra["scale_error"] = est_scale / true_scale - 1.0
+        extra["yaw_error_degrees"] = float(math.degrees(math.atan2(rel[0, 2], rel[0, 0])))
+    return rec.mesh.apply_matrix(np.linalg.inv(m2i)), extra
+
+
+def _scores(mesh: Mesh, truth: np.ndarray, seed: int) -> dict:
+    from .metrics import REFERENCE_SAMPLES, chamfer_distance, f_score, sample_surface
+
+    pts, _ = sample_surface(mesh.vertices, mesh.faces, REFERENCE_SAMPLES, seed=seed)
+    return {
+        "chamfer": chamfer_distance(pts, truth),
+        "f_0.01": f_score(pts, truth, 0.01),
+        "f_0.02": f_score(pts, truth, 0.02),
+    }
