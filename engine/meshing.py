@@ -219,6 +219,7 @@ def sparse_grid(
     band_safety: float = 1.5,
     on_progress: ProgressCallback | None = None,
     coarse_sdf_fn: SdfFunction | None = None,
+    trace_final: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Coarse-to-fine narrow-band SDF grid (an octree-like refinement on plain arrays).
 
@@ -232,6 +233,13 @@ def sparse_grid(
 
     coarse_sdf_fn: optional cheaper SDF (e.g. reduced precision) for every level but
     the last, whose values only decide which cells are refined.
+
+    trace_final: at the last level, evaluate only the cells that the interpolated
+    field puts within the band, then *trace*: any cell with a sign change that still
+    has an interpolated corner gets its corners evaluated, until none is left. A
+    surface that crosses a cell face shows a sign change on that face's (exact)
+    corners, so every surface component that the band touches is followed to its
+    end, and every cell marching cubes triangulates has exact corners.
 
     Returns ``(values, evaluated)``: (N, N, N) float32 with decoder values at the
     corners of active cells and sign-preserving interpolated values elsewhere, and
@@ -255,6 +263,12 @@ def sparse_grid(
         fine = F.interpolate(
             torch.from_numpy(values)[None, None], size=(n_fine,) * 3, mode="trilinear", align_corners=True
         )[0, 0].numpy()
+        if step == len(levels) and trace_final:
+            evaluated += _trace_final_level(
+                sdf_fn, fine, active, band_safety, box, device, chunk, on_progress, evaluated, total
+            )
+            values = fine
+            continue
         idx = np.argwhere(mask)
         fn = sdf_fn if step == len(levels) else coarse_fn
         fine[mask] = _eval_points(
@@ -269,6 +283,59 @@ def sparse_grid(
         evaluated += len(idx)
         values = fine
     return values, evaluated
+
+
+def _cells_any(mask: np.ndarray, reduce_all: bool) -> np.ndarray:
+    """(m-1)^3 per-cell AND (reduce_all) or OR of a (m)^3 corner mask."""
+    m = mask.shape[0] - 1
+    out = mask[:m, :m, :m].copy()
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                if a or b or c:
+                    corner = mask[a : a + m, b : b + m, c : c + m]
+                    out = (out & corner) if reduce_all else (out | corner)
+    return out
+
+
+def _trace_final_level(
+    sdf_fn: SdfFunction,
+    fine: np.ndarray,
+    active: np.ndarray,
+    band_safety: float,
+    box: float,
+    device: torch.device,
+    chunk: int,
+    on_progress: ProgressCallback | None,
+    done: int,
+    total: int,
+) -> int:
+    """Fill ``fine`` (interpolated, (n)^3, modified in place) with exact values where the
+    surface is; ``active``: (n-1)^3 candidate cells. Returns the points evaluated."""
+    n = fine.shape[0]
+    half_diag = 0.5 * math.sqrt(3.0) * 2.0 * box / (n - 1)
+    cells = active & _cell_near_surface(fine, band_safety * half_diag)
+    exact = np.zeros(fine.shape, bool)
+    count = 0
+    while True:
+        want = _cell_corners(cells) & ~exact
+        if not want.any():
+            break
+        idx = np.argwhere(want)
+        fine[want] = _eval_points(
+            sdf_fn,
+            grid_points(idx, n, box),
+            device,
+            chunk,
+            on_progress,
+            done + count,
+            max(total, done + count + len(idx)),
+        )
+        exact |= want
+        count += len(idx)
+        sign_change = _cell_near_surface(fine, 0.0)
+        cells = sign_change & ~_cells_any(exact, reduce_all=True)
+    return count
 
 
 def marching_cubes(values: np.ndarray, box: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
