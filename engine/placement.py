@@ -66,15 +66,19 @@ class PlacementConfig:
     """Where on the ray from the sensor (0) to the surface point (1) free space is drawn.
     Nearer the surface carves harder but lets outliers' rays cut into the shape (measured
     with ``evaluate-completion``)."""
-    scale_prior: float = 1e-3
-    """Weight pulling log-scale towards its start (keeps a collapse or blow-up away)."""
+    scale_prior: float = 1.0
+    """Weight pulling log-scale towards its start, the scan's extent. Measured on held-out
+    chairs with 1 % noise: with a weak pull (1e-3) the search traded scale for part
+    thickness (noise makes parts look thick) and ended 9-46 % off; with 1.0 every
+    case was within 2 %."""
     denoise: bool = True
     """Project a cloud's points onto their neighbourhood's plane before fitting (noisy scans)."""
-    renormalize_rounds: int = 2
+    renormalize_rounds: int = 0
     """After the search: mesh the fitted shape coarsely, re-centre and re-scale the scan so
     that shape sits like the training shapes (bounding-box centre at the origin, radius
-    1/1.03), and refit the code in that frame — this many times. A code can trade size
-    against the scan's scale; the training shapes' normalisation breaks the tie."""
+    1/1.03), and refit the code in that frame — this many times. Off by default: measured
+    on held-out chairs, the fitted shape's extent (invented parts included) is a worse
+    scale reference than the scan's own (scale errors of 6-25 % with it, under 2 % without)."""
     renormalize_resolution: int = 40
     """Grid of the coarse mesh that measures the fitted shape's extent."""
     refine_iterations: int = 100
