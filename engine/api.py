@@ -177,6 +177,7 @@ def reconstruct(
             fit,
             observation,
             scaled(on_progress, 500, 150, total),
+            loss=result.loss,
         )
         out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
         m2i = np.linalg.inv(i2m)
@@ -217,6 +218,7 @@ def renormalize(
     fit: FitConfig,
     observation: ObservationConfig,
     on_progress: ProgressCallback | None = None,
+    loss: float = float("nan"),
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Put a placed fit into the training shapes' normalisation and refit the code there.
 
@@ -224,7 +226,8 @@ def renormalize(
     bounding-box centre to the origin and its radius to 1/1.03 (the reference
     normalisation every training shape had), refits the code with the pose fixed,
     ``placement.renormalize_rounds`` times. points, normals, sensors: (n, 3) the scan,
-    input frame. input_to_model: (4, 4). Returns ``(code (L,), input_to_model (4, 4), loss)``.
+    input frame. input_to_model: (4, 4). loss: the placed fit's loss, returned unchanged
+    when no round runs. Returns ``(code (L,), input_to_model (4, 4), loss)``.
     """
     from dataclasses import replace
 
@@ -232,7 +235,6 @@ def renormalize(
 
     i2m = np.asarray(input_to_model, np.float64)
     rounds = placement.renormalize_rounds
-    loss = float("nan")
     for r in range(rounds):
         try:
             coarse = extract_mesh(model, code, MeshConfig(resolution=placement.renormalize_resolution, method="dense"))

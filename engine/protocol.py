@@ -27,6 +27,7 @@ a time in request order.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,20 @@ from typing import Any
 PROTOCOL_VERSION = 1
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (which JSON cannot carry) become null, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    """One protocol line."""
-    return (json.dumps(message, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+    """One protocol line. Non-finite floats are sent as null."""
+    return (json.dumps(_finite(message), separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
 def decode(line: bytes | str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def test_protocol_round_trip(tmp_path):
     assert encode(msg).endswith(b"\n") and encode(msg).count(b"\n") == 1
     with pytest.raises(ValueError):
         decode(b"[1, 2]")
+    # a NaN (e.g. a loss) must not make the message unsendable: it travels as null
+    assert decode(encode({"loss": float("nan"), "xs": [1.0, float("inf")]})) == {"loss": None, "xs": [1.0, None]}
     ref = save_array(tmp_path, "a", np.arange(6, dtype=np.float32).reshape(2, 3))
     np.testing.assert_array_equal(load_array(ref), [[0, 1, 2], [3, 4, 5]])
 
