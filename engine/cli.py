@@ -373,6 +373,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report(report, json_path: str | None) -> None:
+    """Print a report's table and, when asked, write its full JSON."""
+    print(report.table())
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {json_path}")
+
+
 def cmd_evaluate_model(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_model
     from .fitting import fit_preset
@@ -386,10 +394,7 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    print(rep.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(rep.to_dict(), indent=2))
-        print(f"wrote {args.json}")
+    _print_report(rep, args.json)
     return 0 if rep.summary().get("evaluated") else 1
 
 
@@ -449,10 +454,7 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         result = evaluate_completion(model, shapes, config, progress)
     finally:
         progress.close()
-    print(result.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
-        print(f"wrote {args.json}")
+    _print_report(result, args.json)
     return 0
 
 

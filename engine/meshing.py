@@ -167,15 +167,15 @@ def level_resolutions(resolution: int, coarse: int) -> list[int]:
     return levels[::-1]
 
 
+def _corners(v: np.ndarray) -> list[np.ndarray]:
+    """The eight (n-1)^3 views of a (n)^3 grid, one per cell corner."""
+    m = v.shape[0] - 1
+    return [v[a : a + m, b : b + m, c : c + m] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+
+
 def _cell_near_surface(values: np.ndarray, margin: float) -> np.ndarray:
     """(n-1)^3 bool: cells with a sign change or a corner within ``margin`` of zero."""
-    v = values
-    corners = [
-        v[a : v.shape[0] - 1 + a, b : v.shape[1] - 1 + b, c : v.shape[2] - 1 + c]
-        for a in (0, 1)
-        for b in (0, 1)
-        for c in (0, 1)
-    ]
+    corners = _corners(values)
     lo = np.minimum.reduce(corners)
     hi = np.maximum.reduce(corners)
     nearest = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))
@@ -218,7 +218,6 @@ def sparse_grid(
     coarse_resolution: int = 32,
     band_safety: float = 1.5,
     on_progress: ProgressCallback | None = None,
-    coarse_sdf_fn: SdfFunction | None = None,
     trace_final: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Coarse-to-fine narrow-band SDF grid (an octree-like refinement on plain arrays).
@@ -230,9 +229,6 @@ def sparse_grid(
     cells are evaluated at the next level; every other point is interpolated from
     the coarser level and keeps the sign of the inactive cell it lies in, so
     marching cubes sees the same surface as on the dense grid.
-
-    coarse_sdf_fn: optional cheaper SDF (e.g. reduced precision) for every level but
-    the last, whose values only decide which cells are refined.
 
     trace_final: at the last level, evaluate only the cells that the interpolated
     field puts within the band, then *trace*: any cell with a sign change that still
@@ -247,10 +243,9 @@ def sparse_grid(
     """
     device = torch.device(device)
     levels = level_resolutions(resolution, coarse_resolution)
-    coarse_fn = coarse_sdf_fn or sdf_fn
     # progress: the coarse level plus an estimate of each finer level's band
     total = levels[0] ** 3 + sum(int(0.03 * n**3) for n in levels[1:])
-    values = dense_grid(coarse_fn if len(levels) > 1 else sdf_fn, levels[0], box, device, chunk, None)
+    values = dense_grid(sdf_fn, levels[0], box, device, chunk, None)
     evaluated = values.size
     report(on_progress, evaluated, total, "meshing")
     active = np.ones((levels[0] - 1,) * 3, bool)
@@ -270,9 +265,8 @@ def sparse_grid(
             values = fine
             continue
         idx = np.argwhere(mask)
-        fn = sdf_fn if step == len(levels) else coarse_fn
         fine[mask] = _eval_points(
-            fn,
+            sdf_fn,
             grid_points(idx, n_fine, box),
             device,
             chunk,
@@ -283,19 +277,6 @@ def sparse_grid(
         evaluated += len(idx)
         values = fine
     return values, evaluated
-
-
-def _cells_any(mask: np.ndarray, reduce_all: bool) -> np.ndarray:
-    """(m-1)^3 per-cell AND (reduce_all) or OR of a (m)^3 corner mask."""
-    m = mask.shape[0] - 1
-    out = mask[:m, :m, :m].copy()
-    for a in (0, 1):
-        for b in (0, 1):
-            for c in (0, 1):
-                if a or b or c:
-                    corner = mask[a : a + m, b : b + m, c : c + m]
-                    out = (out & corner) if reduce_all else (out | corner)
-    return out
 
 
 def _trace_final_level(
@@ -334,7 +315,7 @@ def _trace_final_level(
         exact |= want
         count += len(idx)
         sign_change = _cell_near_surface(fine, 0.0)
-        cells = sign_change & ~_cells_any(exact, reduce_all=True)
+        cells = sign_change & ~np.logical_and.reduce(_corners(exact))
     return count
 
 
