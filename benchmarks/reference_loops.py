@@ -25,15 +25,17 @@ from engine.meshing import grid_axis
 def dense_grid_reference(decoder, code: torch.Tensor, resolution: int, max_batch: int = 32**3) -> np.ndarray:
     """(N, N, N) SDF grid the reference's way. code: (L,). Grid as ``engine.meshing``."""
     n = resolution
-    axis = torch.from_numpy(grid_axis(n))
-    out = torch.empty(n**3)
+    dev = next(decoder.parameters()).device
+    axis = torch.from_numpy(grid_axis(n)).to(dev)
+    code = code.to(dev)
+    out = torch.empty(n**3, device=dev)
     total = n**3
     for s in range(0, total, max_batch):
-        idx = torch.arange(s, min(s + max_batch, total))
+        idx = torch.arange(s, min(s + max_batch, total), device=dev)
         xyz = torch.stack([axis[idx // (n * n)], axis[(idx // n) % n], axis[idx % n]], dim=1)
         rows = torch.cat([code.reshape(1, -1).expand(len(idx), -1), xyz], dim=1)
         out[s : s + len(idx)] = decoder(rows).squeeze(1)
-    return out.reshape(n, n, n).numpy()
+    return out.reshape(n, n, n).cpu().numpy()
 
 
 def fit_reference(
@@ -49,12 +51,14 @@ def fit_reference(
     seed: int = 0,
 ) -> np.ndarray:
     """The reference's ``reconstruct``: N(0, 0.01^2) start, Adam, lr /10 at ``decay_at``,
-    half positive / half negative samples per step. Returns the (L,) code."""
+    half positive / half negative samples per step; like the reference, each step's
+    samples are drawn on the host and copied to the decoder's device. Returns the (L,) code."""
+    dev = next(decoder.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     pts = torch.from_numpy(obs.points)
     sdf = torch.from_numpy(obs.sdf)
     pos, neg = torch.nonzero(sdf > 0).squeeze(1), torch.nonzero(sdf <= 0).squeeze(1)
-    code = (torch.randn(1, code_length, generator=gen) * 0.01).requires_grad_(True)
+    code = (torch.randn(1, code_length, generator=gen) * 0.01).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([code], lr=lr)
     decoder.eval()
     for p in decoder.parameters():
@@ -69,7 +73,7 @@ def fit_reference(
                 neg[torch.randint(len(neg), (samples - half,), generator=gen)],
             ]
         )
-        xyz, target = pts[idx], sdf[idx].clamp(-clamp, clamp)
+        xyz, target = pts[idx].to(dev), sdf[idx].clamp(-clamp, clamp).to(dev)
         rows = torch.cat([code.expand(len(idx), -1), xyz], dim=1)
         pred = decoder(rows).squeeze(1).clamp(-clamp, clamp)
         loss = (pred - target).abs().mean() + l2reg * code.pow(2).sum()
@@ -77,4 +81,4 @@ def fit_reference(
         decoder.zero_grad()
         loss.backward()
         opt.step()
-    return code.detach().reshape(-1).numpy()
+    return code.detach().reshape(-1).cpu().numpy()

@@ -69,17 +69,34 @@ def extract_mesh(
     codes = z.reshape(1, -1)
     from torch.nn.utils import parametrize
 
+    from .device import compute_precision, resolve_precision
+    from .meshing import CUDA_COARSE_PRECISION, CUDA_MESH_PRECISION, PRECISION_ERROR
+
+    precision = resolve_precision(config.precision, model.device, CUDA_MESH_PRECISION)
+    coarse = resolve_precision(config.coarse_precision, model.device, CUDA_COARSE_PRECISION)
     with parametrize.cached():
         biases = {k: v.detach() for k, v in dec.code_biases(codes).items()}
 
-        def sdf_fn(xyz: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0]
+        def sdf_in(arithmetic: str):
+            def sdf_fn(xyz: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad(), compute_precision(model.device, arithmetic):
+                    return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0].float()
+
+            return sdf_fn
 
         def grad_fn(xyz: torch.Tensor) -> torch.Tensor:
             return dec.forward_codes(codes, xyz.unsqueeze(0), biases)[0]
 
-        mesh = mesh_sdf(sdf_fn, config, model.device, max(model.config.hidden_dims), grad_fn, on_progress=on_progress)
+        mesh = mesh_sdf(
+            sdf_in(precision),
+            config,
+            model.device,
+            max(model.config.hidden_dims),
+            grad_fn,
+            on_progress=on_progress,
+            coarse_sdf_fn=sdf_in(coarse) if coarse != precision else None,
+            coarse_error=PRECISION_ERROR[coarse] if coarse != precision else 0.0,
+        )
     if normalization is not None:
         mesh = mesh.transformed(*normalization)
     return mesh

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .errors import DeviceError
@@ -63,3 +66,40 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)
+
+
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device, auto: str = "fp32") -> str:
+    """The arithmetic a call will really use on ``device``.
+
+    ``fp32`` everywhere; ``tf32`` (float32 matrix products on tensor cores) and
+    ``bf16`` (autocast) only on CUDA: on the CPU, bf16 measured slower than fp32
+    here and TF32 does not exist, so both fall back to ``fp32``. ``auto`` is
+    ``auto`` on CUDA (each caller's measured choice) and ``fp32`` elsewhere.
+    """
+    if precision not in PRECISIONS:
+        raise DeviceError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if device.type != "cuda":
+        return "fp32"
+    return auto if precision == "auto" else precision
+
+
+@contextmanager
+def compute_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Run the block's matrix products in ``precision`` (``fp32``, ``tf32`` or ``bf16``,
+    as returned by :func:`resolve_precision`); restores the process's settings after."""
+    if device.type != "cuda" or precision == "fp32":
+        yield
+        return
+    if precision == "tf32":
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+        return
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        yield

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .device import PRECISIONS
 from .errors import InputError, NoSurfaceError
 from .progress import ProgressCallback, report
 
@@ -56,12 +57,36 @@ class MeshConfig:
     """Points per decoder call; 0 chooses from free memory and layer width."""
     normals: bool = False
     """Vertex normals from the SDF gradient (autograd) instead of none."""
+    precision: str = "auto"
+    """Decoder arithmetic on CUDA for the finest level, whose values marching cubes
+    reads: ``fp32``, ``tf32`` or ``bf16`` (``auto``: ``CUDA_MESH_PRECISION``).
+    The CPU always meshes in fp32."""
+    coarse_precision: str = "auto"
+    """The same for the coarser levels of the sparse scheme, which only choose where
+    to look (``auto``: ``CUDA_COARSE_PRECISION``); their measured error is added to
+    the band, so the surface does not change."""
 
     def __post_init__(self) -> None:
         if not 8 <= self.resolution <= 1024:
             raise InputError(f"resolution must be between 8 and 1024, got {self.resolution}")
         if self.method not in ("auto", "dense", "sparse"):
             raise InputError(f"meshing method must be auto, dense or sparse, got {self.method!r}")
+        for value in (self.precision, self.coarse_precision):
+            if value not in PRECISIONS:
+                raise InputError(f"unknown precision {value!r}; choose {', '.join(PRECISIONS)}")
+
+
+CUDA_MESH_PRECISION = "fp32"
+"""What ``precision="auto"`` meshes in on CUDA. Measured on an H100
+(``benchmarks/bench_gpu.py``): TF32 and bf16 change faces of the 256^3 mesh
+(vertex Hausdorff 3e-3 and 5e-3 against fp32's 8e-6), so the surface stays fp32."""
+CUDA_COARSE_PRECISION = "fp32"
+"""What ``coarse_precision="auto"`` uses on CUDA. Measured on an H100: bf16 coarse
+levels keep the faces identical, but their error slack widens the band (1.75 M
+points against 1.12 M at 256^3), so the whole mesh took longer (0.226 s against 0.202 s)."""
+PRECISION_ERROR = {"fp32": 0.0, "tf32": 1e-3, "bf16": 1e-2}
+"""Slack added to the band for values computed in each precision: several times the
+largest error measured within 0.02 of the surface (tf32 3.4e-5, bf16 1.5e-3, H100)."""
 
 
 @dataclass
@@ -120,21 +145,32 @@ def auto_chunk(width: int, device: torch.device) -> int:
     return int(max(4096, min(1 << 20, budget // per_point)))
 
 
-def _eval_points(
+def _grid_coords(idx: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
+    """(n, 3) float32 points of integer grid indices idx (n, 3), looked up in ``axis`` (exact)."""
+    return axis[idx]
+
+
+def _eval_into(
     sdf_fn: SdfFunction,
-    points: np.ndarray,
-    device: torch.device,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    axis: torch.Tensor,
     chunk: int,
     on_progress: ProgressCallback | None,
     done: int,
     total: int,
-) -> np.ndarray:
-    out = np.empty(len(points), np.float32)
-    for s in range(0, len(points), chunk):
-        xyz = torch.from_numpy(points[s : s + chunk]).to(device)
-        out[s : s + chunk] = sdf_fn(xyz).float().cpu().numpy()
-        report(on_progress, done + min(s + chunk, len(points)), total, "meshing")
-    return out
+) -> int:
+    """Evaluate ``sdf_fn`` at the grid points where ``mask`` is set and write them into
+    ``values`` (both (n, n, n), on the compute device). Returns the number of points."""
+    idx = torch.nonzero(mask)
+    if len(idx) == 0:
+        return 0
+    out = torch.empty(len(idx), dtype=torch.float32, device=values.device)
+    for s in range(0, len(idx), chunk):
+        out[s : s + chunk] = sdf_fn(_grid_coords(idx[s : s + chunk], axis)).float()
+        report(on_progress, done + min(s + chunk, len(idx)), max(total, done + len(idx)), "meshing")
+    values[mask] = out
+    return len(idx)
 
 
 def dense_grid(
@@ -146,15 +182,26 @@ def dense_grid(
     on_progress: ProgressCallback | None = None,
 ) -> np.ndarray:
     """SDF at every grid point. Returns (N, N, N) float32 indexed [i, j, k] = (x, y, z)."""
-    device = torch.device(device)
+    return _dense_grid(sdf_fn, resolution, box, torch.device(device), chunk, on_progress).cpu().numpy()
+
+
+def _dense_grid(
+    sdf_fn: SdfFunction,
+    resolution: int,
+    box: float,
+    device: torch.device,
+    chunk: int,
+    on_progress: ProgressCallback | None,
+) -> torch.Tensor:
+    """:func:`dense_grid` kept on ``device``: (N, N, N) float32 tensor."""
     n = resolution
     total = n**3
-    out = np.empty(total, np.float32)
-    axis = grid_axis(n, box)
+    axis = torch.from_numpy(grid_axis(n, box)).to(device)
+    out = torch.empty(total, dtype=torch.float32, device=device)
     for s in range(0, total, chunk):
-        idx = np.arange(s, min(s + chunk, total), dtype=np.int64)
-        pts = np.stack([axis[idx // (n * n)], axis[(idx // n) % n], axis[idx % n]], axis=1)
-        out[s : s + len(idx)] = sdf_fn(torch.from_numpy(pts).to(device)).float().cpu().numpy()
+        idx = torch.arange(s, min(s + chunk, total), device=device)
+        pts = torch.stack([axis[idx // (n * n)], axis[(idx // n) % n], axis[idx % n]], dim=1)
+        out[s : s + len(idx)] = sdf_fn(pts).float()
         report(on_progress, s + len(idx), total, "meshing")
     return out.reshape(n, n, n)
 
@@ -167,22 +214,33 @@ def level_resolutions(resolution: int, coarse: int) -> list[int]:
     return levels[::-1]
 
 
-def _corners(v: np.ndarray) -> list[np.ndarray]:
+def _corners(v: torch.Tensor) -> list[torch.Tensor]:
     """The eight (n-1)^3 views of a (n)^3 grid, one per cell corner."""
     m = v.shape[0] - 1
     return [v[a : a + m, b : b + m, c : c + m] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
 
 
-def _cell_near_surface(values: np.ndarray, margin: float) -> np.ndarray:
+def _cell_near_surface(values: torch.Tensor, margin: float) -> torch.Tensor:
     """(n-1)^3 bool: cells with a sign change or a corner within ``margin`` of zero."""
     corners = _corners(values)
-    lo = np.minimum.reduce(corners)
-    hi = np.maximum.reduce(corners)
-    nearest = np.where(lo > 0, lo, np.where(hi < 0, -hi, 0.0))
+    lo, hi = corners[0], corners[0]
+    for c in corners[1:]:
+        lo = torch.minimum(lo, c)
+        hi = torch.maximum(hi, c)
+    nearest = torch.where(lo > 0, lo, torch.where(hi < 0, -hi, torch.zeros_like(lo)))
     return nearest <= margin
 
 
-def _refine_cells(cells: np.ndarray, n_fine: int) -> np.ndarray:
+def _all_corners(flags: torch.Tensor) -> torch.Tensor:
+    """(n-1)^3 bool: cells whose eight corners are all flagged. flags: (n)^3 bool."""
+    corners = _corners(flags)
+    out = corners[0].clone()
+    for c in corners[1:]:
+        out &= c
+    return out
+
+
+def _refine_cells(cells: torch.Tensor, n_fine: int) -> torch.Tensor:
     """Fine cells that overlap a flagged coarse cell (grids need not nest).
 
     cells: (n-1)^3 bool over the coarse grid. Returns (n_fine-1)^3 bool.
@@ -190,18 +248,18 @@ def _refine_cells(cells: np.ndarray, n_fine: int) -> np.ndarray:
     out = cells
     m_c = cells.shape[0]  # coarse cells per axis
     m_f = n_fine - 1
-    i = np.arange(m_f)
+    i = torch.arange(m_f, device=cells.device)
     lo = (i * m_c) // m_f
-    hi = np.minimum(((i + 1) * m_c - 1) // m_f, m_c - 1)
+    hi = torch.clamp(((i + 1) * m_c - 1) // m_f, max=m_c - 1)
     for axis in range(3):
-        out = np.take(out, lo, axis=axis) | np.take(out, hi, axis=axis)
+        out = out.index_select(axis, lo) | out.index_select(axis, hi)
     return out
 
 
-def _cell_corners(cells: np.ndarray) -> np.ndarray:
+def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
     """(m+1)^3 bool: grid points that are a corner of a flagged cell. cells: (m)^3 bool."""
     m = cells.shape[0]
-    mask = np.zeros((m + 1,) * 3, bool)
+    mask = torch.zeros((m + 1,) * 3, dtype=torch.bool, device=cells.device)
     for a in (0, 1):
         for b in (0, 1):
             for c in (0, 1):
@@ -237,101 +295,123 @@ def sparse_grid(
     corners, so every surface component that the band touches is followed to its
     end, and every cell marching cubes triangulates has exact corners.
 
-    Returns ``(values, evaluated)``: (N, N, N) float32 with decoder values at the
-    corners of active cells and sign-preserving interpolated values elsewhere, and
-    the number of points the decoder evaluated.
+    All grids stay on ``device`` (a GPU does the bookkeeping too). Returns
+    ``(values, evaluated)``: (N, N, N) float32 with decoder values at the corners of
+    active cells and sign-preserving interpolated values elsewhere, and the number
+    of points the decoder evaluated.
     """
-    device = torch.device(device)
+    values, evaluated = _sparse_grid(
+        sdf_fn, resolution, box, torch.device(device), chunk, coarse_resolution, band_safety, on_progress, trace_final
+    )
+    return values.cpu().numpy(), evaluated
+
+
+def _sparse_grid(
+    sdf_fn: SdfFunction,
+    resolution: int,
+    box: float,
+    device: torch.device,
+    chunk: int,
+    coarse_resolution: int,
+    band_safety: float,
+    on_progress: ProgressCallback | None,
+    trace_final: bool,
+    coarse_sdf_fn: SdfFunction | None = None,
+    coarse_error: float = 0.0,
+) -> tuple[torch.Tensor, int]:
+    """:func:`sparse_grid` kept on ``device``: ((N, N, N) float32 tensor, points evaluated).
+
+    coarse_sdf_fn: a cheaper version of ``sdf_fn`` (lower precision) for every level
+    but the last, off by at most ``coarse_error``; that error widens the band."""
     levels = level_resolutions(resolution, coarse_resolution)
+    coarse_fn = coarse_sdf_fn or sdf_fn
     # progress: the coarse level plus an estimate of each finer level's band
     total = levels[0] ** 3 + sum(int(0.03 * n**3) for n in levels[1:])
-    values = dense_grid(sdf_fn, levels[0], box, device, chunk, None)
-    evaluated = values.size
+    values = _dense_grid(coarse_fn if len(levels) > 1 else sdf_fn, levels[0], box, device, chunk, None)
+    evaluated = values.numel()
     report(on_progress, evaluated, total, "meshing")
-    active = np.ones((levels[0] - 1,) * 3, bool)
+    active = torch.ones((levels[0] - 1,) * 3, dtype=torch.bool, device=device)
     for step, n_fine in enumerate(levels[1:], start=2):
         n_coarse = values.shape[0]
         half_diag = 0.5 * math.sqrt(3.0) * 2.0 * box / (n_coarse - 1)
-        active &= _cell_near_surface(values, band_safety * half_diag)
+        active &= _cell_near_surface(values, band_safety * half_diag + coarse_error)
         active = _refine_cells(active, n_fine)
-        mask = _cell_corners(active)
-        fine = F.interpolate(
-            torch.from_numpy(values)[None, None], size=(n_fine,) * 3, mode="trilinear", align_corners=True
-        )[0, 0].numpy()
-        if step == len(levels) and trace_final:
+        fine = F.interpolate(values[None, None], size=(n_fine,) * 3, mode="trilinear", align_corners=True)[0, 0]
+        axis = torch.from_numpy(grid_axis(n_fine, box)).to(device)
+        last = step == len(levels)
+        if last and trace_final:
             evaluated += _trace_final_level(
-                sdf_fn, fine, active, band_safety, box, device, chunk, on_progress, evaluated, total
+                sdf_fn, fine, active, band_safety, box, axis, chunk, on_progress, evaluated, total, coarse_error
             )
-            values = fine
-            continue
-        idx = np.argwhere(mask)
-        fine[mask] = _eval_points(
-            sdf_fn,
-            grid_points(idx, n_fine, box),
-            device,
-            chunk,
-            on_progress,
-            evaluated,
-            max(total, evaluated + len(idx)),
-        )
-        evaluated += len(idx)
+        else:
+            fn = sdf_fn if last else coarse_fn
+            evaluated += _eval_into(fn, fine, _cell_corners(active), axis, chunk, on_progress, evaluated, total)
         values = fine
     return values, evaluated
 
 
 def _trace_final_level(
     sdf_fn: SdfFunction,
-    fine: np.ndarray,
-    active: np.ndarray,
+    fine: torch.Tensor,
+    active: torch.Tensor,
     band_safety: float,
     box: float,
-    device: torch.device,
+    axis: torch.Tensor,
     chunk: int,
     on_progress: ProgressCallback | None,
     done: int,
     total: int,
+    coarse_error: float = 0.0,
 ) -> int:
     """Fill ``fine`` (interpolated, (n)^3, modified in place) with exact values where the
     surface is; ``active``: (n-1)^3 candidate cells. Returns the points evaluated."""
     n = fine.shape[0]
     half_diag = 0.5 * math.sqrt(3.0) * 2.0 * box / (n - 1)
-    cells = active & _cell_near_surface(fine, band_safety * half_diag)
-    exact = np.zeros(fine.shape, bool)
+    cells = active & _cell_near_surface(fine, band_safety * half_diag + coarse_error)
+    exact = torch.zeros(fine.shape, dtype=torch.bool, device=fine.device)
     count = 0
     while True:
         want = _cell_corners(cells) & ~exact
-        if not want.any():
+        got = _eval_into(sdf_fn, fine, want, axis, chunk, on_progress, done + count, total)
+        if got == 0:
             break
-        idx = np.argwhere(want)
-        fine[want] = _eval_points(
-            sdf_fn,
-            grid_points(idx, n, box),
-            device,
-            chunk,
-            on_progress,
-            done + count,
-            max(total, done + count + len(idx)),
-        )
         exact |= want
-        count += len(idx)
-        sign_change = _cell_near_surface(fine, 0.0)
-        cells = sign_change & ~np.logical_and.reduce(_corners(exact))
+        count += got
+        cells = _cell_near_surface(fine, 0.0) & ~_all_corners(exact)
     return count
 
 
-def marching_cubes(values: np.ndarray, box: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _surface_crop(values: torch.Tensor) -> tuple[slice, slice, slice]:
+    """The index box holding every cell with an inside (or zero) corner, one point of margin
+    (all of the level set; the rest of the grid is outside)."""
+    inside = values <= 0
+    out = []
+    n = values.shape[0]
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = torch.nonzero(inside.any(dim=other[1]).any(dim=other[0])).flatten()
+        lo = int(hit.min()) if len(hit) else 0
+        hi = int(hit.max()) if len(hit) else n - 1
+        out.append(slice(max(lo - 1, 0), min(hi + 2, n)))
+    return out[0], out[1], out[2]
+
+
+def marching_cubes(values: np.ndarray | torch.Tensor, box: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Zero level set of a grid over ``[-box, box]^3``.
 
-    values: (N, N, N) float32, negative inside. Returns vertices (n, 3) float32
-    in the grid's frame and faces (m, 3) int32, wound so normals point outside and
-    closed where the shape reaches the box (watertight). Raises :class:`NoSurfaceError`
-    when the grid has no sign change.
+    values: (N, N, N) float32 (numpy, or a tensor on any device), negative inside.
+    Returns vertices (n, 3) float32 in the grid's frame and faces (m, 3) int32,
+    wound so normals point outside and closed where the shape reaches the box
+    (watertight). Only the index box around the inside points goes to
+    scikit-image (and, from a GPU, to the host): the same triangles, less work.
+    Raises :class:`NoSurfaceError` when the grid has no sign change.
     """
     from skimage import measure
 
-    if not np.isfinite(values).all():
+    grid = torch.as_tensor(values)
+    if not bool(torch.isfinite(grid).all()):
         raise NoSurfaceError("The SDF has NaN or infinite values; the code is unusable.", "invalid")
-    lo, hi = float(values.min()), float(values.max())
+    lo, hi = float(grid.min()), float(grid.max())
     if lo > 0:
         raise NoSurfaceError(
             "No surface: the SDF is positive everywhere in the box (the shape is empty). "
@@ -344,12 +424,16 @@ def marching_cubes(values: np.ndarray, box: float = 1.0) -> tuple[np.ndarray, np
             "Try a code closer to the training codes (lower temperature).",
             "full",
         )
-    n = values.shape[0]
+    n = grid.shape[0]
     spacing = 2.0 * box / (n - 1)
-    # a shape that reaches the box's faces is closed there, so every mesh is watertight
-    padded = np.pad(values, 1, mode="constant", constant_values=max(hi, spacing))
+    crop = _surface_crop(grid)
+    start = np.array([s.start for s in crop], np.float32)
+    part = grid[crop].cpu().numpy()
+    # a shape that reaches the box's faces is closed there, so every mesh is watertight;
+    # inside the box the pad only borders outside points, which hold no surface
+    padded = np.pad(part, 1, mode="constant", constant_values=max(hi, spacing))
     verts, faces, _, _ = measure.marching_cubes(padded, level=0.0, spacing=(spacing,) * 3)
-    verts = (verts - box - spacing).astype(np.float32)
+    verts = (verts + (start - 1.0) * spacing - box).astype(np.float32)
     return verts, faces.astype(np.int32)
 
 
@@ -376,11 +460,14 @@ def mesh_sdf(
     width: int = 512,
     grad_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_progress: ProgressCallback | None = None,
+    coarse_sdf_fn: SdfFunction | None = None,
+    coarse_error: float = 0.0,
 ) -> Mesh:
     """Mesh any SDF function (decoder or analytic) on the grid of ``config``.
 
     width: widest layer behind ``sdf_fn`` (sizes chunks). grad_fn: an autograd
-    version of ``sdf_fn``, needed when ``config.normals``.
+    version of ``sdf_fn``, needed when ``config.normals``. coarse_sdf_fn: a cheaper
+    ``sdf_fn`` within ``coarse_error`` of it, for the sparse scheme's coarse levels.
     """
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -389,10 +476,10 @@ def mesh_sdf(
     if method == "auto":
         method = "sparse" if config.resolution >= 2 * config.coarse_resolution else "dense"
     if method == "dense":
-        values = dense_grid(sdf_fn, config.resolution, config.box, device, chunk, on_progress)
-        evaluated = values.size
+        values = _dense_grid(sdf_fn, config.resolution, config.box, device, chunk, on_progress)
+        evaluated = values.numel()
     else:
-        values, evaluated = sparse_grid(
+        values, evaluated = _sparse_grid(
             sdf_fn,
             config.resolution,
             config.box,
@@ -401,6 +488,9 @@ def mesh_sdf(
             config.coarse_resolution,
             config.band_safety,
             on_progress,
+            True,
+            coarse_sdf_fn,
+            coarse_error,
         )
     t1 = time.perf_counter()
     verts, faces = marching_cubes(values, config.box)

@@ -87,6 +87,9 @@ class TrainConfig:
     """Epochs between TensorBoard pictures of a few meshed training shapes (0: never)."""
     amp: bool = False
     """bf16 autocast on CUDA (ignored on CPU, which trains in fp32)."""
+    compile: bool = False
+    """``torch.compile`` the decoder and codes on CUDA (ignored on CPU): fused
+    element-wise work, at the cost of a compilation on the first steps."""
 
     def decoder_config(self) -> DecoderConfig:
         text = self.decoder.strip()
@@ -176,12 +179,44 @@ def load_samples(data_dir: str | os.PathLike, split: str | os.PathLike = "train"
     return ShapeSamples(names, pos, neg, offsets, scales)
 
 
-def _scene_rows(samples: ShapeSamples, index: int, count: int, gen: torch.Generator) -> torch.Tensor:
-    half = count // 2
-    p, n = samples.pos[index], samples.neg[index]
-    ip = torch.randint(len(p), (half,), generator=gen)
-    ineg = torch.randint(len(n), (count - half,), generator=gen)
-    return torch.cat([p[ip], n[ineg]])
+class _RowSampler:
+    """Every shape's rows in two flat tensors, where the batches are drawn.
+
+    On CUDA the rows live on the GPU when they take under half its free memory
+    (else in pinned host memory), so a batch is drawn and gathered without the
+    host. ``draw`` returns (b, count, 4) rows on ``device``: half from sdf > 0 and
+    half from sdf <= 0 of each shape, with replacement.
+    """
+
+    def __init__(self, samples: ShapeSamples, device: torch.device) -> None:
+        nbytes = sum(t.numel() * 4 for t in (*samples.pos, *samples.neg))
+        store = torch.device("cpu")
+        if device.type == "cuda" and nbytes < torch.cuda.mem_get_info(device)[0] // 2:
+            store = device
+        self.device, self.store = device, store
+        self.pin = device.type == "cuda" and store.type == "cpu"
+        self.parts = []
+        for group in (samples.pos, samples.neg):
+            counts = torch.tensor([len(t) for t in group], dtype=torch.int64)
+            starts = torch.cumsum(counts, 0) - counts
+            rows = torch.cat(list(group)).to(store)
+            self.parts.append((rows.pin_memory() if self.pin else rows, starts.to(store), counts.to(store)))
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.store).manual_seed(seed)
+
+    def draw(self, shapes: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+        shapes = shapes.to(self.store)
+        out = []
+        for (rows, starts, counts), k in zip(self.parts, (count // 2, count - count // 2), strict=True):
+            u = torch.rand((len(shapes), k), generator=gen, device=self.store)
+            n = counts[shapes, None]
+            pick = torch.minimum((u * n).long(), n - 1) + starts[shapes, None]
+            out.append(rows[pick])
+        batch = torch.cat(out, dim=1)
+        if self.store != self.device:
+            batch = (batch.pin_memory() if self.pin else batch).to(self.device, non_blocking=True)
+        return batch
 
 
 # -- model ----------------------------------------------------------------------
@@ -339,8 +374,11 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if config.compile and dev.type == "cuda":
+        wrapped = torch.compile(wrapped)
 
     n = len(samples)
+    rows_of = _RowSampler(samples, dev)
     batches_per_epoch = math.ceil(n / config.scenes_per_batch)
     use_amp = config.amp and dev.type == "cuda"
     t0 = time.perf_counter()
@@ -353,18 +391,20 @@ def train(
         egen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         torch.manual_seed(config.seed * 7_919 + epoch * 104_729 + rank)
         order = torch.randperm(n, generator=egen)
-        total_loss, total_rows = 0.0, 0
+        rgen = rows_of.generator(config.seed * 1_000_003 + epoch)
+        total_loss = torch.zeros((), device=dev)
+        total_rows = 0
         for b in range(batches_per_epoch):
             batch = order[b * config.scenes_per_batch : (b + 1) * config.scenes_per_batch]
             # every rank draws every scene's rows (same stream), then keeps its share
-            rows = torch.stack([_scene_rows(samples, int(i), config.samples_per_scene, egen) for i in batch])
+            rows = rows_of.draw(batch, config.samples_per_scene, rgen)
             mine = slice(rank, None, world) if distributed else slice(None)
             idx, rows_mine = batch[mine], rows[mine]
             # the global batch has len(batch) scenes; this rank's mean is scaled so DDP's average is global
             share = len(idx) / len(batch) * world
             if len(idx) == 0:  # a short last batch: take part in the all-reduce with zero weight
                 idx, rows_mine, share = batch[:1], rows[:1], 0.0
-            idx, rows = idx.to(dev), rows_mine.to(dev, non_blocking=True)
+            idx, rows = idx.to(dev), rows_mine
             xyz, sdf = rows[..., :3], rows[..., 3].clamp(-config.clamp, config.clamp)
             with torch.no_grad():
                 if config.code_bound > 0:
@@ -384,12 +424,12 @@ def train(
                 torch.nn.utils.clip_grad_norm_(module.decoder.parameters(), config.grad_clip)
             opt.step()
             if share > 0:
-                total_loss += float(data_loss.detach()) * len(idx)
+                total_loss += data_loss.detach() * len(idx)
                 total_rows += len(idx)
                 rows_done += len(idx) * config.samples_per_scene
         scalars = {
             "epoch": epoch,
-            "loss": total_loss / max(total_rows, 1),
+            "loss": float(total_loss) / max(total_rows, 1),
             "lr_decoder": opt.param_groups[0]["lr"],
             "lr_codes": opt.param_groups[1]["lr"],
             "code_magnitude": float(module.codes.detach().norm(dim=1).mean()),

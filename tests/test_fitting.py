@@ -162,3 +162,45 @@ def test_partial_scan_in_unknown_placement(tiny_model):
     # the completion covers the unseen back: its extent matches the whole shape's
     np.testing.assert_allclose(rec.mesh.vertices.min(0), truth.min(0), atol=0.1 * s)
     np.testing.assert_allclose(rec.mesh.vertices.max(0), truth.max(0), atol=0.1 * s)
+
+
+def test_device_loop_is_adam_on_the_same_samples(tiny_model):
+    """The loop that a CUDA graph replays (Adam written out, step read from a device
+    counter) gives the codes that torch.optim.Adam gives on the same samples."""
+    from torch.nn.utils import parametrize
+
+    from engine.fitting import _draw_samples, _FitLoop, _learning_rate, _per_point_loss
+
+    pts, sdf = sdf_samples(SHAPES["capsule_pair"], 3000, seed=2)
+    obs = Observations(pts, sdf)
+    config = FitConfig(iterations=25, samples_per_iteration=512, restarts=3, schedule="step")
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, tiny_model.code_length, generator=gen) * 0.05
+    indices = _draw_samples(obs.sdf, 512, True, 25, gen)
+    assert indices.shape == (25, 512)
+    # balanced like the reference: half of each step's rows outside, half inside
+    assert np.all(obs.sdf[indices[:, :256].numpy()] > 0) and np.all(obs.sdf[indices[:, 256:].numpy()] <= 0)
+    dec = tiny_model.decoder
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    try:
+        with parametrize.cached():
+            loop = _FitLoop(tiny_model, obs, config, start.clone(), indices, "fp32")
+            loop.run(None, use_graph=False)
+            codes = start.clone().requires_grad_(True)
+            opt = torch.optim.Adam([codes], lr=config.lr)
+            x_all, t_all = torch.from_numpy(obs.points), torch.from_numpy(obs.sdf)
+            for k in range(25):
+                opt.param_groups[0]["lr"] = _learning_rate(config, k)
+                x, t = x_all[indices[k]], t_all[indices[k]]
+                pred = dec.forward_codes(codes, x.unsqueeze(0).expand(3, -1, -1))
+                loss = _per_point_loss(pred, t, None, 0.1).mean(1) + config.prior_weight * codes.pow(2).mean(1)
+                opt.zero_grad()
+                loss.sum().backward()
+                opt.step()
+    finally:
+        for p in dec.parameters():
+            p.requires_grad_(True)
+    assert int(loop.step_index) == 25
+    np.testing.assert_allclose(loop.codes.detach().numpy(), codes.detach().numpy(), atol=1e-5)
+    assert torch.all(loop.history > 0)

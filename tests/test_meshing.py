@@ -79,3 +79,25 @@ def test_transform_to_original_frame():
     # model = (x + offset) * scale  =>  x = model / scale - offset
     np.testing.assert_allclose((moved.vertices + offset) * scale, mesh.vertices, atol=1e-5)
     assert np.linalg.norm(moved.vertices + offset, axis=1).mean() == pytest.approx(2.0, abs=0.01)
+
+
+def test_cheaper_coarse_levels_leave_the_surface_alone():
+    """Coarse levels computed by a function off by up to 0.004 (as a lower precision is)
+    with that error given as slack: the same faces as the exact dense grid."""
+    f = table(leg=0.015, gap=0.06)
+
+    def rough(x: torch.Tensor) -> torch.Tensor:
+        return f(x) + 0.004 * torch.sin(37.0 * x[:, 0] + 11.0 * x[:, 1]) * torch.cos(23.0 * x[:, 2])
+
+    dense = mesh_sdf(f, MeshConfig(resolution=128, method="dense"))
+    calls = []
+
+    def fine(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return f(x)
+
+    mixed = mesh_sdf(fine, MeshConfig(resolution=128, method="sparse"), coarse_sdf_fn=rough, coarse_error=0.005)
+    assert np.array_equal(mixed.faces, dense.faces)
+    np.testing.assert_allclose(mixed.vertices, dense.vertices, atol=1e-6)
+    # the exact function ran only at the finest level
+    assert 0 < sum(calls) < mixed.stats["points_evaluated"]
