@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -196,6 +196,19 @@ def reconstruct(
             scaled(on_progress, 500, 150, total),
             loss=result.loss,
         )
+        if placement.refit_iterations > 0:
+            refit = refit_at_pose(
+                model,
+                code,
+                i2m,
+                pts,
+                normals,
+                point_sensors,
+                replace(fit, iterations=placement.refit_iterations),
+                observation,
+                scaled(on_progress, 650, 150, total),
+            )
+            code, loss = refit.code, refit.loss
         out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
         m2i = np.linalg.inv(i2m)
         placed = out.apply_matrix(m2i)
@@ -246,8 +259,6 @@ def renormalize(
     input frame. input_to_model: (4, 4). loss: the placed fit's loss, returned unchanged
     when no round runs. Returns ``(code (L,), input_to_model (4, 4), loss)``.
     """
-    from dataclasses import replace
-
     from .errors import NoSurfaceError
 
     i2m = np.asarray(input_to_model, np.float64)
@@ -262,24 +273,46 @@ def renormalize(
         fix[:3, :3] *= scale
         fix[:3, 3] = np.asarray(offset, np.float64) * scale
         i2m = fix @ i2m
-        local = (np.asarray(points, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
-        sens = None
-        if sensors is not None:
-            sens = (np.asarray(sensors, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
-        nrm = None
-        if normals is not None:
-            nrm = np.asarray(normals, np.float64) @ i2m[:3, :3].T
-            nrm = (nrm / np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
-        obs = observations_from_points(local, nrm, sens, observation, seed=fit.seed + r)
-        result = fit_code(
+        result = refit_at_pose(
             model,
-            obs,
-            replace(fit, iterations=placement.refine_iterations),
+            code,
+            i2m,
+            points,
+            normals,
+            sensors,
+            replace(fit, iterations=placement.refine_iterations, seed=fit.seed + r),
+            observation,
             scaled(on_progress, r * 1000 // rounds, 1000 // rounds, 1000),
-            initial_code=code,
         )
         code, loss = result.code, result.loss
     return code, i2m, loss
+
+
+def refit_at_pose(
+    model: ShapeModel,
+    code: np.ndarray,
+    input_to_model: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray | None,
+    sensors: np.ndarray | None,
+    fit: FitConfig,
+    observation: ObservationConfig,
+    on_progress: ProgressCallback | None = None,
+) -> FitResult:
+    """Refit ``code`` with the scan mapped into the model frame by ``input_to_model`` (4, 4),
+    using the observations a known-pose fit uses (surface, +-eta, free space along the
+    sensor rays, the far shell). points, normals, sensors: (n, 3), input frame."""
+    i2m = np.asarray(input_to_model, np.float64)
+    local = (np.asarray(points, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
+    sens = None
+    if sensors is not None:
+        sens = (np.asarray(sensors, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
+    nrm = None
+    if normals is not None:
+        nrm = np.asarray(normals, np.float64) @ i2m[:3, :3].T
+        nrm = (nrm / np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+    obs = observations_from_points(local, nrm, sens, observation, seed=fit.seed)
+    return fit_code(model, obs, fit, on_progress, initial_code=code)
 
 
 def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:

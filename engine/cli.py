@@ -330,6 +330,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "snapshot_every": args.snapshot_every,
             "image_every": args.image_every,
             "amp": args.amp or None,
+            "compile": args.compile or None,
         }.items()
         if v is not None
     }
@@ -639,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the snapshot beside --out")
     p.add_argument("--tensorboard", help="TensorBoard log directory")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model on CUDA (faster after warm-up)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume)")
     p.add_argument("--device", default="auto")
 

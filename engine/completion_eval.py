@@ -119,7 +119,7 @@ class CompletionEvalConfig:
 class CompletionEvalResult:
     """rows: one dict per (shape, condition): the condition's fields, ``shape``,
     ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
-    ``scale_error`` (relative) and ``yaw_error_degrees``."""
+    ``scale_error`` (relative), ``yaw_error_degrees`` and ``offset_error`` (model units)."""
 
     rows: list[dict]
     config: dict
@@ -337,6 +337,8 @@ def _complete(
         rel = np.linalg.inv(m2i[:3, :3] / true_scale) @ (est[:3, :3] / est_scale)
         extra["scale_error"] = est_scale / true_scale - 1.0
         extra["yaw_error_degrees"] = float(math.degrees(math.atan2(rel[0, 2], rel[0, 0])))
+        # where the estimate puts the model frame's origin, seen from the true model frame
+        extra["offset_error"] = float(np.linalg.norm((np.linalg.inv(m2i) @ est)[:3, 3]))
     return rec.mesh.apply_matrix(np.linalg.inv(m2i)), extra
 
 

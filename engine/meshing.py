@@ -318,6 +318,7 @@ def _sparse_grid(
     trace_final: bool,
     coarse_sdf_fn: SdfFunction | None = None,
     coarse_error: float = 0.0,
+    final_band_safety: float | None = None,
 ) -> tuple[torch.Tensor, int]:
     """:func:`sparse_grid` kept on ``device``: ((N, N, N) float32 tensor, points evaluated).
 
@@ -340,8 +341,9 @@ def _sparse_grid(
         axis = torch.from_numpy(grid_axis(n_fine, box)).to(device)
         last = step == len(levels)
         if last and trace_final:
+            final_safety = band_safety if final_band_safety is None else final_band_safety
             evaluated += _trace_final_level(
-                sdf_fn, fine, active, band_safety, box, axis, chunk, on_progress, evaluated, total, coarse_error
+                sdf_fn, fine, active, final_safety, box, axis, chunk, on_progress, evaluated, total, coarse_error
             )
         else:
             fn = sdf_fn if last else coarse_fn

@@ -45,17 +45,20 @@ class PlacementConfig:
     """Hypotheses kept after the coarse phase (the first ``coarse_fraction`` of the steps,
     with ``coarse_samples`` points) for the fine phase."""
     coarse_fraction: float = 0.3
-    coarse_samples: int = 512
+    coarse_samples: int = 256
     estimate_scale: bool = True
     """Fit the scale (else keep the one from the scan's extent)."""
     estimate_yaw: bool = True
     """Fit the yaw (else keep each hypothesis' start; use 1 hypothesis for a known yaw)."""
-    iterations: int = 250
+    iterations: int = 200
     """Adam steps (both phases)."""
     lr_code: float = 1e-2
     lr_pose: float = 5e-3
-    samples_per_iteration: int = 2048
-    """Surface points per fine step (each gives three observations, plus free-space points)."""
+    samples_per_iteration: int = 1024
+    """Surface points per fine step (each gives three observations, plus free-space points).
+    Measured on 6 held-out chairs (one view, 1 % noise, random similarity pose): 200 steps
+    with 256 / 1024 points gave a mean Chamfer of 17.0e-3 in 10 s, the earlier 250 steps
+    with 512 / 2048 gave 19.8e-3 in 28 s; 150 steps with 256 / 512 lost a yaw (31.5e-3)."""
     eta: float = 0.01
     """Offset along normals, model units."""
     clamp: float = 0.1
@@ -83,6 +86,12 @@ class PlacementConfig:
     """Grid of the coarse mesh that measures the fitted shape's extent."""
     refine_iterations: int = 100
     """Code-fit steps after each re-normalisation (pose fixed)."""
+    refit_iterations: int = 200
+    """After the search, refit the code this many steps with the pose fixed, on the
+    observations a known-pose fit uses (free space along every sensor ray, the far
+    shell around the scan), starting from the searched code (0: none). Measured on the
+    same 6 chairs: mean Chamfer 17.0e-3 without, 12.3e-3 with 200 steps of 2,048
+    samples, against 11.7e-3 for the known-pose fit of the same scans."""
     seed: int = 0
 
 
