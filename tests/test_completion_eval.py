@@ -97,7 +97,9 @@ def test_evaluate_completion_command_on_tiny_model(tiny_model_file, tmp_path, ca
     assert np.mean([r["chamfer"] for r in known]) <= 1.2 * np.mean([r["chamfer"] for r in reference])
     # unknown yaw, scale x0.7-1.3 and offset: the pose is found and the shape lands in place
     assert all(abs(r["scale_error"]) < 0.1 for r in placed)
-    assert all(abs(r["yaw_error_degrees"]) < 10 and r["offset_error"] < 0.1 for r in placed)
+    # both shapes look the same turned by 180 degrees, so that turn is as right as none
+    assert all(min(abs(r["yaw_error_degrees"]), 180 - abs(r["yaw_error_degrees"])) < 10 for r in placed)
+    assert all(r["offset_error"] < 0.1 for r in placed)
     assert max(r["chamfer"] for r in placed) < 1e-2
     for e in data["summary"]:
         if e["method"] == "ours" and e["pose"] == "similarity":
