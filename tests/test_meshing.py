@@ -113,7 +113,9 @@ def test_sparse_matches_dense_on_procedural_furniture():
         offset, scale = procedural.normalization(shape)
 
         def f(x: torch.Tensor, offset=offset, scale=scale, shape=shape) -> torch.Tensor:
-            return torch.from_numpy((shape.sdf(x.numpy().astype(np.float64) / scale - offset) * scale).astype(np.float32))
+            return torch.from_numpy(
+                (shape.sdf(x.numpy().astype(np.float64) / scale - offset) * scale).astype(np.float32)
+            )
 
         dense = mesh_sdf(f, MeshConfig(resolution=96, method="dense"))
         sparse = mesh_sdf(f, MeshConfig(resolution=96, method="sparse"))
