@@ -71,11 +71,11 @@ def hausdorff(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max()))
 
 
-def accuracy(model, index: int, device: torch.device) -> dict:
+def accuracy(model, index: int, device: torch.device, resolution: int = 128) -> dict:
     """Decoder error of each precision against float64 on random and near-surface points."""
     dec = model.decoder
     code = model.code(index).detach().reshape(1, -1)
-    mesh = engine.extract_mesh(model, index, engine.MeshConfig(resolution=128, precision="fp32"))
+    mesh = engine.extract_mesh(model, index, engine.MeshConfig(resolution=resolution, precision="fp32"))
     gen = torch.Generator().manual_seed(0)
     near = torch.from_numpy(mesh.vertices) + 0.01 * torch.randn(len(mesh.vertices), 3, generator=gen)
     points = torch.cat([torch.rand(100_000, 3, generator=gen) * 2 - 1, near]).to(device)
@@ -215,7 +215,7 @@ def main() -> int:
         "quick": quick,
     }
     sections = {
-        "accuracy": lambda: accuracy(model, args.index, device),
+        "accuracy": lambda: accuracy(model, args.index, device, 48 if quick else 128),
         "mesh": lambda: meshing(model, args.index, device, res, precisions),
         "fit": lambda: fitting(model, args.index, args.samples, device, precisions, quick),
         "fit_mesh": lambda: fit_and_mesh(model, args.samples, device, res[-1], quick),

@@ -221,9 +221,9 @@ def level_resolutions(resolution: int, coarse: int) -> list[int]:
 
 
 def _corners(v: torch.Tensor) -> list[torch.Tensor]:
-    """The eight (n-1)^3 views of a (n)^3 grid, one per cell corner."""
-    m = v.shape[0] - 1
-    return [v[a : a + m, b : b + m, c : c + m] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    """The eight (i-1, j-1, k-1) views of an (i, j, k) grid, one per cell corner."""
+    i, j, k = (n - 1 for n in v.shape)
+    return [v[a : a + i, b : b + j, c : c + k] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
 
 
 def _cell_near_surface(values: torch.Tensor, margin: float) -> torch.Tensor:
@@ -263,13 +263,13 @@ def _refine_cells(cells: torch.Tensor, n_fine: int) -> torch.Tensor:
 
 
 def _cell_corners(cells: torch.Tensor) -> torch.Tensor:
-    """(m+1)^3 bool: grid points that are a corner of a flagged cell. cells: (m)^3 bool."""
-    m = cells.shape[0]
-    mask = torch.zeros((m + 1,) * 3, dtype=torch.bool, device=cells.device)
+    """(i+1, j+1, k+1) bool: grid points that are a corner of a flagged cell. cells: (i, j, k) bool."""
+    i, j, k = cells.shape
+    mask = torch.zeros((i + 1, j + 1, k + 1), dtype=torch.bool, device=cells.device)
     for a in (0, 1):
         for b in (0, 1):
             for c in (0, 1):
-                mask[a : a + m, b : b + m, c : c + m] |= cells
+                mask[a : a + i, b : b + j, c : c + k] |= cells
     return mask
 
 
@@ -446,12 +446,15 @@ def marching_cubes(values: np.ndarray | torch.Tensor, box: float = 1.0) -> tuple
     n = grid.shape[0]
     spacing = 2.0 * box / (n - 1)
     crop = _surface_crop(grid)
-    start = np.array([s.start for s in crop], np.float32)
-    part = grid[crop].cpu().numpy()
+    start = np.array([sl.start for sl in crop], np.float32)
     # a shape that reaches the box's faces is closed there, so every mesh is watertight;
     # inside the box the pad only borders outside points, which hold no surface
-    padded = np.pad(part, 1, mode="constant", constant_values=max(hi, spacing))
-    verts, faces, _, _ = measure.marching_cubes(padded, level=0.0, spacing=(spacing,) * 3)
+    padded = F.pad(grid[crop], (1, 1, 1, 1, 1, 1), value=max(hi, spacing))
+    # only cells with a sign change (or a zero corner) hold triangles: scikit-image skips the rest
+    mask = _cell_corners(_cell_near_surface(padded, 0.0))
+    verts, faces, _, _ = measure.marching_cubes(
+        padded.cpu().numpy(), level=0.0, spacing=(spacing,) * 3, mask=mask.cpu().numpy()
+    )
     verts = (verts + (start - 1.0) * spacing - box).astype(np.float32)
     return verts, faces.astype(np.int32)
 
