@@ -197,18 +197,28 @@ def reconstruct(
             loss=result.loss,
         )
         if placement.refit_iterations > 0:
-            refit = refit_at_pose(
-                model,
-                code,
-                i2m,
-                pts,
-                normals,
-                point_sensors,
-                replace(fit, iterations=placement.refit_iterations),
-                observation,
-                scaled(on_progress, 650, 150, total),
-            )
-            code, loss = refit.code, refit.loss
+            # each surviving hypothesis is refitted at its pose; the lowest loss wins
+            candidates = [(code, i2m)]
+            if placement.renormalize_rounds == 0:
+                candidates += [(alt.code, alt.input_to_model) for alt in result.alternatives]
+            candidates = candidates[: max(1, placement.refit_candidates)]
+            best = None
+            for c, (start, pose) in enumerate(candidates):
+                refit = refit_at_pose(
+                    model,
+                    start,
+                    pose,
+                    pts,
+                    normals,
+                    point_sensors,
+                    replace(fit, iterations=placement.refit_iterations),
+                    observation,
+                    scaled(on_progress, 650 + 150 * c // len(candidates), 150 // len(candidates), total),
+                )
+                if best is None or refit.loss < best[0].loss:
+                    best = (refit, pose)
+            assert best is not None
+            code, loss, i2m = best[0].code, best[0].loss, best[1]
         out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
         m2i = np.linalg.inv(i2m)
         placed = out.apply_matrix(m2i)

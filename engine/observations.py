@@ -38,6 +38,9 @@ class ObservationConfig:
     """Larger clouds are subsampled (seeded) before anything else, so huge scans do not hang."""
     denoise: bool = True
     """Project cloud points onto their neighbourhood's plane first (:func:`denoise_points`)."""
+    remove_outliers: bool = True
+    """Drop isolated cloud points first (:func:`outlier_mask`): stray points would claim
+    surface in empty space and their sensor rays would carve through the object."""
     free_space_per_point: int = 1
     """Free-space points per surface point on its sensor ray (only when a sensor is known)."""
     free_space_range: tuple[float, float] = (0.5, 0.95)
@@ -88,6 +91,24 @@ def estimate_normals(points: np.ndarray, neighbours: int = 16, sensor: np.ndarra
     flip = np.sum(normals * towards, axis=1) < 0
     normals[flip] *= -1
     return normals.astype(np.float32)
+
+
+def outlier_mask(points: np.ndarray, neighbours: int = 8, ratio: float = 4.0) -> np.ndarray:
+    """(n,) bool, True for points to keep: those whose mean distance to their
+    ``neighbours`` nearest points is at most ``ratio`` times the cloud's median.
+
+    points: (n, 3). A scan samples surfaces densely, so stray points (flying pixels,
+    dust, reflections) stand far from any other; clouds under 20 points are kept whole.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(points, np.float64)
+    if len(pts) < 20:
+        return np.ones(len(pts), bool)
+    k = min(neighbours, len(pts) - 1)
+    dist, _ = cKDTree(pts).query(pts, k=k + 1, workers=-1)
+    spread = dist[:, 1:].mean(axis=1)
+    return spread <= ratio * max(float(np.median(spread)), 1e-12)
 
 
 def denoise_points(points: np.ndarray, neighbours: int = 16) -> np.ndarray:
@@ -196,6 +217,10 @@ def observations_from_points(
         normals = None if normals is None else np.asarray(normals)[keep]
         sensors = None if sensors is None else sensors[keep]
     if normals is None:
+        if config.remove_outliers:
+            keep = outlier_mask(pts)
+            pts = pts[keep]
+            sensors = None if sensors is None else sensors[keep]
         if config.denoise:
             pts = denoise_points(pts, config.normal_neighbours)
         normals = estimate_normals(pts, config.normal_neighbours, sensors)

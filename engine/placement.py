@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 from .errors import InputError
 from .frames import RADIUS_MARGIN
 from .model import ShapeModel
-from .observations import denoise_points, estimate_normals
+from .observations import denoise_points, estimate_normals, outlier_mask
 from .progress import ProgressCallback, report
 
 
@@ -76,6 +76,8 @@ class PlacementConfig:
     case was within 2 %."""
     denoise: bool = True
     """Project a cloud's points onto their neighbourhood's plane before fitting (noisy scans)."""
+    remove_outliers: bool = True
+    """Drop a cloud's isolated points first (``observations.outlier_mask``)."""
     renormalize_rounds: int = 0
     """After the search: mesh the fitted shape coarsely, re-centre and re-scale the scan so
     that shape sits like the training shapes (bounding-box centre at the origin, radius
@@ -86,6 +88,10 @@ class PlacementConfig:
     """Grid of the coarse mesh that measures the fitted shape's extent."""
     refine_iterations: int = 100
     """Code-fit steps after each re-normalisation (pose fixed)."""
+    refit_candidates: int = 2
+    """Hypotheses that reach the end (at most ``keep``) each get the refit; the lowest
+    refit loss wins (the refit's observations, free space and far shell included,
+    tell a turned chair from the right one better than the search's)."""
     refit_iterations: int = 200
     """After the search, refit the code this many steps with the pose fixed, on the
     observations a known-pose fit uses (free space along every sensor ray, the far
@@ -108,6 +114,8 @@ class PlacementResult:
     loss: float
     hypothesis_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seconds: float = 0.0
+    alternatives: list[PlacementResult] = field(default_factory=list)
+    """The other hypotheses that reached the end, best first (each a full result)."""
 
     @property
     def input_to_model(self) -> np.ndarray:
@@ -166,6 +174,10 @@ def fit_placement(
     if sensors is not None:
         sensors = np.broadcast_to(np.asarray(sensors, np.float64), pts.shape)
     if normals is None:
+        if config.remove_outliers:
+            keep = outlier_mask(pts)
+            pts = pts[keep]
+            sensors = None if sensors is None else sensors[keep]
         if config.denoise:
             pts = denoise_points(pts, 16).astype(np.float64)
         normals = estimate_normals(pts, 16, sensors)
@@ -266,14 +278,18 @@ def fit_placement(
         for p, g in zip(dec.parameters(), grads, strict=True):
             p.requires_grad_(g)
         dec.train(was_training)
-    best = int(np.argmin(final))
-    return PlacementResult(
-        code=codes[best].detach().cpu().numpy().astype(np.float32),
-        scale=float(log_s[best].detach().exp()),
-        yaw=float(yaw[best].detach()),
-        translation=trans[best].detach().cpu().numpy().astype(np.float64),
-        centre=centre,
-        loss=float(final[best]),
-        hypothesis_losses=final,
-        seconds=time.perf_counter() - t_start,
-    )
+    results = [
+        PlacementResult(
+            code=codes[h].detach().cpu().numpy().astype(np.float32),
+            scale=float(log_s[h].detach().exp()),
+            yaw=float(yaw[h].detach()),
+            translation=trans[h].detach().cpu().numpy().astype(np.float64),
+            centre=centre,
+            loss=float(final[h]),
+            hypothesis_losses=final,
+            seconds=time.perf_counter() - t_start,
+        )
+        for h in np.argsort(final)
+    ]
+    results[0].alternatives = results[1:]
+    return results[0]

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import trimesh
+from scipy.spatial import cKDTree
 
 from engine.cli import main
 from engine.completion_eval import CompletionEvalConfig, random_pose
@@ -43,6 +44,24 @@ def test_denoise_projects_onto_the_surface():
     # points move (almost) only along the normal: tangential positions kept
     shift = np.linalg.norm(clean[:, :2] - noisy[:, :2], axis=1)
     assert np.median(shift) < 1e-3 and shift.max() < 2e-2
+
+
+def test_outliers_are_found_in_a_simulated_scan():
+    from engine.observations import outlier_mask
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["capsule_pair"], 64)
+    clean = simulate_scan(v, f, orbit_camera(30, 25, 2.5), noise=0.005, seed=3).points
+    dirty = simulate_scan(v, f, orbit_camera(30, 25, 2.5), noise=0.005, outliers=0.05, seed=3).points
+    extra = len(dirty) - len(clean)
+    assert extra > 20
+    keep = outlier_mask(dirty)
+    # the stray points are those far from the clean scan's surface
+    stray = cKDTree(clean).query(dirty)[0] > 0.05
+    assert stray.sum() > 0.8 * extra
+    assert (~keep[stray]).mean() > 0.9  # nearly all strays dropped
+    assert keep[~stray].mean() > 0.99  # nearly no surface point lost
+    assert outlier_mask(clean).mean() > 0.99
 
 
 def test_random_poses_are_similarities():
