@@ -202,6 +202,9 @@ def reconstruct(
             if placement.renormalize_rounds == 0:
                 candidates += [(alt.code, alt.input_to_model) for alt in result.alternatives]
             candidates = candidates[: max(1, placement.refit_candidates)]
+            if placement.refit_from_mean:
+                # the searched code can sit in a poorer basin than a fresh start at the same pose
+                candidates.append((model.codes.detach().mean(0).cpu().numpy(), i2m))
             best = None
             for c, (start, pose) in enumerate(candidates):
                 refit = refit_at_pose(

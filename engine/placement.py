@@ -92,6 +92,8 @@ class PlacementConfig:
     """Hypotheses that reach the end (at most ``keep``) each get the refit; the lowest
     refit loss wins (the refit's observations, free space and far shell included,
     tell a turned chair from the right one better than the search's)."""
+    refit_from_mean: bool = True
+    """Also refit the best pose from the mean training code (as a known-pose fit starts)."""
     refit_iterations: int = 200
     """After the search, refit the code this many steps with the pose fixed, on the
     observations a known-pose fit uses (free space along every sensor ray, the far
