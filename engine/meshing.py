@@ -88,8 +88,8 @@ CUDA_MESH_PRECISION = "fp32"
 (vertex Hausdorff 3e-3 and 5e-3 against fp32's 8e-6), so the surface stays fp32."""
 CUDA_COARSE_PRECISION = "fp32"
 """What ``coarse_precision="auto"`` uses on CUDA. Measured on an H100: bf16 coarse
-levels keep the faces identical, but their error slack widens the band (1.75 M
-points against 1.12 M at 256^3), so the whole mesh took longer (0.226 s against 0.202 s)."""
+levels keep the faces identical, but their error slack widens the band (1.35 M
+points against 0.73 M at 256^3), so the whole mesh took longer (0.143 s against 0.118 s)."""
 PRECISION_ERROR = {"fp32": 0.0, "tf32": 1e-3, "bf16": 1e-2}
 """Slack added to the band for values computed in each precision: several times the
 largest error measured within 0.02 of the surface (tf32 3.4e-5, bf16 1.5e-3, H100)."""
