@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 import engine  # noqa: E402
 from engine.completion_eval import random_pose  # noqa: E402
-from engine.frames import reference_normalization, to_model_frame  # noqa: E402
+from engine.frames import apply_matrix, reference_normalization, to_model_frame  # noqa: E402
 from engine.metrics import chamfer_distance, f_score, sample_surface  # noqa: E402
 from engine.render import image_grid, render_mesh, render_points, save_png  # noqa: E402
 from engine.scan import orbit_camera, simulate_scan  # noqa: E402
@@ -38,10 +38,6 @@ from engine.scan import orbit_camera, simulate_scan  # noqa: E402
 SEATS = ["oakChair", "plasticChair", "chair", "chair2", "antiqueChair", "designChair", "foldingChair",
          "osakaChair", "chairWithCushion", "armchair", "modernArmchair", "winchesterArmchair", "relaxChair",
          "stool", "stool2", "bench", "pianoBench", "deckChair"]  # fmt: skip
-
-
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return (np.asarray(pts, np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
 
 
 def main() -> int:
@@ -76,9 +72,9 @@ def main() -> int:
         t0 = time.perf_counter()
         rec = engine.reconstruct(
             model,
-            _apply(m2i, scan.points),
+            apply_matrix(m2i, scan.points),
             None,
-            sensor=_apply(m2i, np.asarray(cam.position)[None])[0],
+            sensor=apply_matrix(m2i, np.asarray(cam.position)[None])[0],
             mesh=engine.MeshConfig(resolution=args.resolution),
         )
         seconds = time.perf_counter() - t0

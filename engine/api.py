@@ -22,7 +22,7 @@ import torch
 
 from .errors import InputError
 from .fitting import FitConfig, FitResult, Observations, fit_code
-from .frames import from_model_frame, reference_normalization, to_model_frame
+from .frames import apply_matrix, from_model_frame, reference_normalization, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
 from .metrics import sample_surface
@@ -205,23 +205,25 @@ def reconstruct(
             if placement.refit_from_mean:
                 # the searched code can sit in a poorer basin than a fresh start at the same pose
                 candidates.append((model.codes.detach().mean(0).cpu().numpy(), i2m))
-            best = None
-            for c, (start, pose) in enumerate(candidates):
-                refit = refit_at_pose(
-                    model,
-                    start,
+            refits = [
+                (
+                    refit_at_pose(
+                        model,
+                        start,
+                        pose,
+                        pts,
+                        normals,
+                        point_sensors,
+                        replace(fit, iterations=placement.refit_iterations),
+                        observation,
+                        scaled(on_progress, 650 + 150 * c // len(candidates), 150 // len(candidates), total),
+                    ),
                     pose,
-                    pts,
-                    normals,
-                    point_sensors,
-                    replace(fit, iterations=placement.refit_iterations),
-                    observation,
-                    scaled(on_progress, 650 + 150 * c // len(candidates), 150 // len(candidates), total),
                 )
-                if best is None or refit.loss < best[0].loss:
-                    best = (refit, pose)
-            assert best is not None
-            code, loss, i2m = best[0].code, best[0].loss, best[1]
+                for c, (start, pose) in enumerate(candidates)
+            ]
+            best, i2m = min(refits, key=lambda r: r[0].loss)
+            code, loss = best.code, best.loss
         out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
         m2i = np.linalg.inv(i2m)
         placed = out.apply_matrix(m2i)
@@ -316,10 +318,8 @@ def refit_at_pose(
     using the observations a known-pose fit uses (surface, +-eta, free space along the
     sensor rays, the far shell). points, normals, sensors: (n, 3), input frame."""
     i2m = np.asarray(input_to_model, np.float64)
-    local = (np.asarray(points, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
-    sens = None
-    if sensors is not None:
-        sens = (np.asarray(sensors, np.float64) @ i2m[:3, :3].T + i2m[:3, 3]).astype(np.float32)
+    local = apply_matrix(i2m, points)
+    sens = None if sensors is None else apply_matrix(i2m, sensors)
     nrm = None
     if normals is not None:
         nrm = np.asarray(normals, np.float64) @ i2m[:3, :3].T

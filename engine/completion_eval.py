@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import InputError
 from .fitting import FitConfig, fit_code, fit_preset
-from .frames import reference_normalization, to_model_frame
+from .frames import apply_matrix, reference_normalization, to_model_frame
 from .meshing import Mesh, MeshConfig
 from .model import ShapeModel
 from .observations import ObservationConfig, estimate_normals
@@ -198,10 +198,6 @@ def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_
     return m
 
 
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return (np.asarray(pts, np.float64) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)
-
-
 def reference_style_fit(
     model: ShapeModel, points: np.ndarray, sensors: np.ndarray, config: CompletionEvalConfig
 ) -> np.ndarray:
@@ -317,7 +313,7 @@ def _complete(
     if cond.method == "reference":
         code = reference_style_fit(model, points, sensors, config)
         return api.extract_mesh(model, code, mesh_cfg), {}
-    inp, sens = _apply(m2i, points), _apply(m2i, sensors)
+    inp, sens = apply_matrix(m2i, points), apply_matrix(m2i, sensors)
     rec = api.reconstruct(
         model,
         inp,

@@ -293,7 +293,6 @@ class _FitLoop:
         self.w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
         self.lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
         self.used_graph = False
-        self.graph_error = ""
 
     def step(self) -> None:
         # indexing with a 0-d tensor would read it on the host: index_select keeps it on the device
@@ -353,7 +352,6 @@ class _FitLoop:
         except RuntimeError as exc:
             # capture is not possible here (for example inside another capture): plain steps
             log.warning("CUDA graph capture failed (%s); fitting with plain steps", exc)
-            self.graph_error = str(exc)
             return warm
         self.used_graph = True
         for k in range(warm, total):

@@ -40,3 +40,9 @@ def to_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np.n
 def from_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np.ndarray:
     """points (n, 3) model frame -> (n, 3) float32 original frame."""
     return (np.asarray(points, np.float64) / scale - offset).astype(np.float32)
+
+
+def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """points (n, 3) mapped by a 4 x 4 affine ``matrix`` (in float64): (n, 3) float32."""
+    m = np.asarray(matrix, np.float64)
+    return (np.asarray(points, np.float64).reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]).astype(np.float32)

@@ -132,11 +132,6 @@ def grid_axis(resolution: int, box: float = 1.0) -> np.ndarray:
     return (-box + i * (2.0 * box / (resolution - 1))).astype(np.float32)
 
 
-def grid_points(indices: np.ndarray, resolution: int, box: float = 1.0) -> np.ndarray:
-    """Coordinates of integer grid indices. indices: (n, 3) int. Returns (n, 3) float32."""
-    return (-box + indices.astype(np.float64) * (2.0 * box / (resolution - 1))).astype(np.float32)
-
-
 def auto_chunk(width: int, device: torch.device) -> int:
     """Points per decoder call so a few activations of ``width`` fit in 1/8 of free memory."""
     if device.type == "cuda":
@@ -149,11 +144,6 @@ def auto_chunk(width: int, device: torch.device) -> int:
     per_point = max(width, 64) * 4 * 6  # a handful of live fp32 activations
     budget = min(free // 8, 4 << 30 if device.type == "cuda" else 512 << 20)
     return int(max(4096, min(1 << 20, budget // per_point)))
-
-
-def _grid_coords(idx: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
-    """(n, 3) float32 points of integer grid indices idx (n, 3), looked up in ``axis`` (exact)."""
-    return axis[idx]
 
 
 def _eval_into(
@@ -173,7 +163,7 @@ def _eval_into(
         return 0
     out = torch.empty(len(idx), dtype=torch.float32, device=values.device)
     for s in range(0, len(idx), chunk):
-        out[s : s + chunk] = sdf_fn(_grid_coords(idx[s : s + chunk], axis)).float()
+        out[s : s + chunk] = sdf_fn(axis[idx[s : s + chunk]])  # exact grid coordinates.float()
         report(on_progress, done + min(s + chunk, len(idx)), max(total, done + len(idx)), "meshing")
     values[mask] = out
     return len(idx)

@@ -199,8 +199,8 @@ class _RowSampler:
         for group in (samples.pos, samples.neg):
             counts = torch.tensor([len(t) for t in group], dtype=torch.int64)
             starts = torch.cumsum(counts, 0) - counts
-            rows = torch.cat(list(group)).to(store)
-            self.parts.append((rows.pin_memory() if self.pin else rows, starts.to(store), counts.to(store)))
+            # gathered batches are new tensors, so only they are pinned (in draw), not the store
+            self.parts.append((torch.cat(list(group)).to(store), starts.to(store), counts.to(store)))
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.store).manual_seed(seed)
