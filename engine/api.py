@@ -15,20 +15,21 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .errors import InputError
-from .fitting import FitConfig, FitResult, Observations, fit_code
+from .fitting import FitConfig, FitResult, Observations, fit_code, fit_codes_posed
 from .frames import apply_matrix, from_model_frame, reference_normalization, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
 from .metrics import sample_surface
 from .model import ShapeModel
 from .observations import ObservationConfig, observations_from_mesh, observations_from_points
-from .placement import PlacementConfig, fit_placement
+from .placement import PlacementConfig, PlacementResult, fit_placement
 from .progress import ProgressCallback, scaled
 
 
@@ -182,7 +183,7 @@ def reconstruct(
             )
             pts, normals = vertices[keep], None
             point_sensors = None if sensors is None else np.broadcast_to(sensors, vertices.shape)[keep]
-        result = fit_placement(model, pts, normals, point_sensors, placement, scaled(on_progress, 0, 500, total))
+        result = fit_placement(model, pts, normals, point_sensors, placement, scaled(on_progress, 0, 400, total))
         code, i2m, loss = renormalize(
             model,
             result.code,
@@ -193,38 +194,24 @@ def reconstruct(
             placement,
             fit,
             observation,
-            scaled(on_progress, 500, 150, total),
+            scaled(on_progress, 400, 50, total),
             loss=result.loss,
         )
         if placement.refit_iterations > 0:
-            # each surviving hypothesis is refitted at its pose; the lowest loss wins
-            candidates = [(code, i2m)]
-            if placement.renormalize_rounds == 0:
-                candidates += [(alt.code, alt.input_to_model) for alt in result.alternatives]
-            candidates = candidates[: max(1, placement.refit_candidates)]
-            if placement.refit_from_mean:
-                # the searched code can sit in a poorer basin than a fresh start at the same pose
-                candidates.append((model.codes.detach().mean(0).cpu().numpy(), i2m))
-            refits = [
-                (
-                    refit_at_pose(
-                        model,
-                        start,
-                        pose,
-                        pts,
-                        normals,
-                        point_sensors,
-                        replace(fit, iterations=placement.refit_iterations),
-                        observation,
-                        scaled(on_progress, 650 + 150 * c // len(candidates), 150 // len(candidates), total),
-                    ),
-                    pose,
-                )
-                for c, (start, pose) in enumerate(candidates)
-            ]
-            best, i2m = min(refits, key=lambda r: r[0].loss)
-            code, loss = best.code, best.loss
-        out = extract_mesh(model, code, mesh, None, scaled(on_progress, 650, 350, total))
+            code, i2m, loss = refit_placement(
+                model,
+                code,
+                i2m,
+                [] if placement.renormalize_rounds else result.alternatives,
+                pts,
+                normals,
+                point_sensors,
+                placement,
+                fit,
+                observation,
+                scaled(on_progress, 450, 400, total),
+            )
+        out = extract_mesh(model, code, mesh, None, scaled(on_progress, 850, 150, total))
         m2i = np.linalg.inv(i2m)
         placed = out.apply_matrix(m2i)
         unit = float(np.cbrt(abs(np.linalg.det(m2i[:3, :3]))))
@@ -317,6 +304,20 @@ def refit_at_pose(
     """Refit ``code`` with the scan mapped into the model frame by ``input_to_model`` (4, 4),
     using the observations a known-pose fit uses (surface, +-eta, free space along the
     sensor rays, the far shell). points, normals, sensors: (n, 3), input frame."""
+    obs = _scan_observations(input_to_model, points, normals, sensors, observation, fit.seed)
+    return fit_code(model, obs, fit, on_progress, initial_code=code)
+
+
+def _scan_observations(
+    input_to_model: np.ndarray,
+    points: np.ndarray,
+    normals: np.ndarray | None,
+    sensors: np.ndarray | None,
+    observation: ObservationConfig,
+    seed: int,
+) -> Observations:
+    """A scan's observations in the model frame it reaches by ``input_to_model`` (4, 4).
+    points, normals, sensors: (n, 3), input frame."""
     i2m = np.asarray(input_to_model, np.float64)
     local = apply_matrix(i2m, points)
     sens = None if sensors is None else apply_matrix(i2m, sensors)
@@ -324,8 +325,78 @@ def refit_at_pose(
     if normals is not None:
         nrm = np.asarray(normals, np.float64) @ i2m[:3, :3].T
         nrm = (nrm / np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
-    obs = observations_from_points(local, nrm, sens, observation, seed=fit.seed)
-    return fit_code(model, obs, fit, on_progress, initial_code=code)
+    return observations_from_points(local, nrm, sens, observation, seed=seed)
+
+
+def pose_variants(input_to_model: np.ndarray, turns: Sequence[float], scales: Sequence[float]) -> np.ndarray:
+    """The pose ``input_to_model`` (4, 4) turned about the model frame's vertical axis by each
+    of ``turns`` (degrees) and scaled about its origin by each of ``scales``: (len(turns) *
+    len(scales), 4, 4), turns outer."""
+    out = []
+    for turn in turns:
+        a = np.radians(turn)
+        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        for factor in scales:
+            m = np.eye(4)
+            m[:3, :3] = factor * rot
+            out.append(m @ np.asarray(input_to_model, np.float64))
+    return np.stack(out)
+
+
+def refit_placement(
+    model: ShapeModel,
+    code: np.ndarray,
+    input_to_model: np.ndarray,
+    alternatives: Sequence[PlacementResult],
+    points: np.ndarray,
+    normals: np.ndarray | None,
+    sensors: np.ndarray | None,
+    placement: PlacementConfig,
+    fit: FitConfig,
+    observation: ObservationConfig,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Refit a placement search's result on the observations a known-pose fit uses.
+
+    code (L,), input_to_model (4, 4): the best hypothesis; alternatives: the others that
+    reached the end (their own code and pose). Screens :func:`pose_variants` of the best
+    pose from the mean training code (``placement.screen_iterations`` steps, all as one
+    batch), then refits every hypothesis from its own code and the
+    ``placement.refit_variants`` best-screened variants for ``placement.refit_iterations``
+    steps (one batch), keeping the lowest loss. points, normals, sensors: (n, 3), input frame. Returns ``(code (L,),
+    input_to_model (4, 4), loss)``.
+    """
+    ref = np.asarray(input_to_model, np.float64)
+    obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
+    to_ref = np.linalg.inv(ref)
+    starts = [np.asarray(code, np.float32)] + [alt.code for alt in alternatives]
+    poses = [ref] + [alt.input_to_model for alt in alternatives]
+    if placement.screen_iterations > 0 and placement.refit_variants > 0:
+        variants = pose_variants(ref, placement.variant_turns, placement.variant_scales)
+        mean = model.codes.detach().mean(0).cpu().numpy()
+        screen = fit_codes_posed(
+            model,
+            obs,
+            variants @ to_ref,
+            np.repeat(mean[None], len(variants), axis=0),
+            replace(fit, iterations=placement.screen_iterations, samples_per_iteration=placement.screen_samples),
+            loss_rows=placement.screen_rows,
+            on_progress=scaled(on_progress, 0, 300, 1000),
+        )
+        for j in np.argsort(screen.restart_losses)[: placement.refit_variants]:
+            starts.append(screen.codes[j])
+            poses.append(variants[j])
+    stacked = np.stack(poses)
+    final = fit_codes_posed(
+        model,
+        obs,
+        stacked @ to_ref,
+        np.stack(starts),
+        replace(fit, iterations=placement.refit_iterations),
+        on_progress=scaled(on_progress, 300, 700, 1000),
+    )
+    best = int(np.argmin(final.restart_losses))
+    return final.codes[best], stacked[best], float(final.restart_losses[best])
 
 
 def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:

@@ -673,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="skip the reference-style fit")
     p.add_argument("--reference-iterations", type=int, help="steps of the reference-style fit (default 800)")
     p.add_argument("--preset", default="default", help="fit preset for known poses (default default)")
-    p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 250)")
+    p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 200)")
     p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=64, help="marching-cubes resolution (default 64)")

@@ -117,12 +117,15 @@ class Observations:
     points: (n, 3) float32. sdf: (n,) float32 (negative inside). weights: (n,)
     float32 or None (all 1). lower_bound: (n,) bool or None: where True the value
     is only a lower bound (free space known to be outside by at least ``sdf``).
+    fixed: (n,) bool or None: rows that hold in the model frame whatever the scan's
+    placement (the far shell); the others move with the scan (:func:`fit_codes_posed`).
     """
 
     points: np.ndarray
     sdf: np.ndarray
     weights: np.ndarray | None = None
     lower_bound: np.ndarray | None = None
+    fixed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, np.float32).reshape(-1, 3)
@@ -138,6 +141,8 @@ class Observations:
             self.weights = np.asarray(self.weights, np.float32).reshape(n)
         if self.lower_bound is not None:
             self.lower_bound = np.asarray(self.lower_bound, bool).reshape(n)
+        if self.fixed is not None:
+            self.fixed = np.asarray(self.fixed, bool).reshape(n)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -214,19 +219,35 @@ def code_losses(
     """Objective of each code on all observations. codes: (b, L). Returns (b,).
 
     precision: the decoder's arithmetic on CUDA (as :func:`engine.device.resolve_precision` returns)."""
+    return _code_losses(model, codes, obs, torch.from_numpy(obs.points), config, chunk, precision)
+
+
+@torch.no_grad()
+def _code_losses(
+    model: ShapeModel,
+    codes: torch.Tensor,
+    obs: Observations,
+    points: torch.Tensor,
+    config: FitConfig,
+    chunk: int = 32768,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """:func:`code_losses` with the points given: (n, 3) shared or (b, n, 3) one set per code."""
     dev = model.device
-    pts = torch.from_numpy(obs.points).to(dev)
+    pts = points.to(dev)
     tgt = torch.from_numpy(obs.sdf).to(dev)
     w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
     lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
     dec = model.decoder
     total = torch.zeros(len(codes), device=dev)
+    n = pts.shape[-2]
     with parametrize.cached():
         biases = dec.code_biases(codes)
-        for s in range(0, len(pts), chunk):
+        for s in range(0, n, chunk):
             sl = slice(s, s + chunk)
+            x = pts[:, sl] if pts.dim() == 3 else pts[sl].unsqueeze(0).expand(len(codes), -1, -1)
             with compute_precision(dev, precision):
-                pred = dec.forward_codes(codes, pts[sl].unsqueeze(0).expand(len(codes), -1, -1), biases)
+                pred = dec.forward_codes(codes, x, biases)
             err = _per_point_loss(pred.float(), tgt[sl], None if lo is None else lo[sl], config.clamp)
             total += (err * w[sl] if w is not None else err).sum(dim=1)
     norm = float(obs.weights.sum()) if obs.weights is not None else float(len(obs))
@@ -275,7 +296,9 @@ class _FitLoop:
         codes: torch.Tensor,
         indices: torch.Tensor | None,
         precision: str,
+        points: torch.Tensor | None = None,
     ) -> None:
+        """points: (b, n, 3), one set per code, in place of ``obs.points`` (shared)."""
         dev = model.device
         self.dec = model.decoder
         self.config = config
@@ -288,7 +311,7 @@ class _FitLoop:
         self.lrs = torch.tensor([_learning_rate(config, k) for k in range(steps)], dtype=torch.float32, device=dev)
         self.history = torch.zeros(steps, dtype=torch.float32, device=dev)
         self.indices = None if indices is None else indices.to(dev)
-        self.pts = torch.from_numpy(obs.points).to(dev)
+        self.pts = (torch.from_numpy(obs.points) if points is None else points).to(dev)
         self.tgt = torch.from_numpy(obs.sdf).to(dev)
         self.w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
         self.lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
@@ -301,12 +324,14 @@ class _FitLoop:
             x, t, ww, ll = self.pts, self.tgt, self.w, self.lo
         else:
             idx = self.indices.index_select(0, i)[0]
-            x, t = self.pts[idx], self.tgt[idx]
+            x, t = self.pts[..., idx, :], self.tgt[idx]
             ww = None if self.w is None else self.w[idx]
             ll = None if self.lo is None else self.lo[idx]
         codes = self.codes
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(len(codes), -1, -1)
         with compute_precision(codes.device, self.precision):
-            pred = self.dec.forward_codes(codes, x.unsqueeze(0).expand(len(codes), -1, -1))
+            pred = self.dec.forward_codes(codes, x)
         err = _per_point_loss(pred.float(), t, ll, c.clamp)
         data = (err * ww).sum(1) / ww.sum().clamp(min=1e-12) if ww is not None else err.mean(1)
         loss = data + c.prior_weight * codes.pow(2).mean(dim=1)
@@ -377,17 +402,25 @@ def fit_code(
     """
     t0 = time.perf_counter()
     dev = model.device
-    dec = model.decoder
     gen = torch.Generator().manual_seed(config.seed)
     if initial_code is not None:
-        start = torch.as_tensor(np.asarray(initial_code, np.float32).reshape(1, -1))
-        noise = torch.randn(config.restarts, model.code_length, generator=gen) * config.init_std
-        noise[0] = 0
-        codes = start + noise
+        codes = torch.as_tensor(np.asarray(initial_code, np.float32).reshape(1, -1)).repeat(config.restarts, 1)
+        if config.restarts > 1:
+            noise = torch.randn(config.restarts, model.code_length, generator=gen) * config.init_std
+            noise[0] = 0
+            codes = codes + noise
     else:
         codes = _initial_codes(model, obs, config, gen)
     indices = _draw_samples(obs.sdf, config.samples_per_iteration, config.balance_signs, config.iterations, gen)
     precision = resolve_precision(config.precision, dev, CUDA_FIT_PRECISION)
+    loop = _run_frozen(model, _FitLoop(model, obs, config, codes, indices, precision), on_progress)
+    losses = code_losses(model, loop.codes.detach(), obs, config, precision=precision).cpu().numpy()
+    return _result(loop, losses, t0)
+
+
+def _run_frozen(model: ShapeModel, loop: _FitLoop, on_progress: ProgressCallback | None) -> _FitLoop:
+    """Run ``loop`` with the decoder frozen (no parameter gradients, eval mode), then restore it."""
+    dec = model.decoder
     was_training = dec.training
     grads = [p.requires_grad for p in dec.parameters()]
     dec.eval()
@@ -395,24 +428,78 @@ def fit_code(
         for p in dec.parameters():
             p.requires_grad_(False)
         with parametrize.cached():
-            loop = _FitLoop(model, obs, config, codes, indices, precision)
-            loop.run(on_progress, use_graph=config.cuda_graph and dev.type == "cuda")
+            loop.run(on_progress, use_graph=loop.config.cuda_graph and model.device.type == "cuda")
     finally:
         for p, g in zip(dec.parameters(), grads, strict=True):
             p.requires_grad_(g)
         dec.train(was_training)
+    return loop
+
+
+def _result(loop: _FitLoop, losses: np.ndarray, t0: float) -> FitResult:
+    """The finished loop's codes as a :class:`FitResult` (``losses``: (b,) per code)."""
     final = loop.codes.detach()
-    steps = config.iterations
+    steps = loop.config.iterations
     history = loop.history[:steps].cpu().numpy()
-    marks = [k for k in range(steps) if k % 10 == 0 or k == steps - 1]
-    losses = code_losses(model, final, obs, config, precision=precision).cpu().numpy()
     best = int(np.argmin(losses))
     return FitResult(
         code=final[best].cpu().numpy().astype(np.float32),
         loss=float(losses[best]),
         restart_losses=losses,
         codes=final.cpu().numpy().astype(np.float32),
-        history=[float(history[k]) for k in marks],
+        history=[float(history[k]) for k in range(steps) if k % 10 == 0 or k == steps - 1],
         seconds=time.perf_counter() - t0,
         cuda_graph=loop.used_graph,
     )
+
+
+def _posed_points(obs: Observations, poses: np.ndarray) -> torch.Tensor:
+    """``obs.points`` moved by each of ``poses`` (b, 4, 4), rows marked ``obs.fixed`` kept: (b, n, 3) float32."""
+    base = np.asarray(obs.points, np.float64)
+    moved = np.einsum("bij,nj->bni", poses[:, :3, :3], base) + poses[:, None, :3, 3]
+    if obs.fixed is not None:
+        moved[:, obs.fixed] = base[obs.fixed]
+    return torch.from_numpy(moved.astype(np.float32))
+
+
+def fit_codes_posed(
+    model: ShapeModel,
+    obs: Observations,
+    poses: np.ndarray,
+    initial_codes: np.ndarray,
+    config: FitConfig = FitConfig(),
+    loss_rows: int = 0,
+    on_progress: ProgressCallback | None = None,
+) -> FitResult:
+    """Fit one code per pose, all as one batch: code ``j`` sees ``obs`` moved by ``poses[j]``.
+
+    obs: observations of one scan in the model frame. poses: (b, 4, 4) similarities of
+    the model frame (each candidate placement of the scan, relative to the one ``obs``
+    was built in; the offsets along normals scale with them, which is negligible for
+    the few-percent scale differences of candidates). initial_codes: (b, L). Rows
+    marked ``obs.fixed`` (the far shell) belong to the model frame and do not move.
+    loss_rows: score the final codes on this many seeded rows (0: all).
+    Returns a :class:`FitResult` whose ``restart_losses`` (b,) and ``codes`` (b, L) are
+    per pose; ``code`` / ``loss`` are the lowest.
+    """
+    t0 = time.perf_counter()
+    dev = model.device
+    poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
+    codes = torch.as_tensor(np.asarray(initial_codes, np.float32).reshape(len(poses), model.code_length))
+    points = _posed_points(obs, poses)
+    gen = torch.Generator().manual_seed(config.seed)
+    indices = _draw_samples(obs.sdf, config.samples_per_iteration, config.balance_signs, config.iterations, gen)
+    precision = resolve_precision(config.precision, dev, CUDA_FIT_PRECISION)
+    loop = _run_frozen(model, _FitLoop(model, obs, config, codes, indices, precision, points), on_progress)
+    scored, rows = obs, points
+    if 0 < loss_rows < len(obs):
+        pick = np.sort(np.random.default_rng(config.seed).choice(len(obs), loss_rows, replace=False))
+        scored = Observations(
+            obs.points[pick],
+            obs.sdf[pick],
+            None if obs.weights is None else obs.weights[pick],
+            None if obs.lower_bound is None else obs.lower_bound[pick],
+        )
+        rows = points[:, torch.from_numpy(pick)]
+    losses = _code_losses(model, loop.codes.detach(), scored, rows, config, precision=precision).cpu().numpy()
+    return _result(loop, losses, t0)

@@ -158,7 +158,9 @@ def _assemble(
     sdf = np.concatenate([np.zeros(n), np.full(n, eta), np.full(n, -eta), far_sdf, np.zeros(len(free))])
     lower = np.zeros(len(pts), bool)
     lower[3 * n :] = True
-    return Observations(pts, sdf.astype(np.float32), lower_bound=lower)
+    fixed = np.zeros(len(pts), bool)
+    fixed[3 * n : 3 * n + len(far)] = True
+    return Observations(pts, sdf.astype(np.float32), lower_bound=lower, fixed=fixed)
 
 
 def _sensor_array(sensor: np.ndarray | None, n: int) -> np.ndarray | None:
