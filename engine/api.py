@@ -23,7 +23,7 @@ import torch
 
 from .errors import InputError
 from .fitting import FitConfig, FitResult, Observations, fit_code, fit_codes_posed
-from .frames import apply_matrix, from_model_frame, reference_normalization, to_model_frame
+from .frames import apply_matrix, from_model_frame, reference_normalization, rotation_y, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
 from .metrics import sample_surface
@@ -334,11 +334,9 @@ def pose_variants(input_to_model: np.ndarray, turns: Sequence[float], scales: Se
     len(scales), 4, 4), turns outer."""
     out = []
     for turn in turns:
-        a = np.radians(turn)
-        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
         for factor in scales:
             m = np.eye(4)
-            m[:3, :3] = factor * rot
+            m[:3, :3] = factor * rotation_y(np.radians(turn))
             out.append(m @ np.asarray(input_to_model, np.float64))
     return np.stack(out)
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import InputError
 from .fitting import FitConfig, fit_code, fit_preset
-from .frames import apply_matrix, reference_normalization, to_model_frame
+from .frames import apply_matrix, reference_normalization, rotation_y, to_model_frame
 from .meshing import Mesh, MeshConfig
 from .model import ShapeModel
 from .observations import ObservationConfig, estimate_normals
@@ -180,11 +180,6 @@ def _key(r: dict) -> tuple:
     return (r["views"], r["noise"], r["outliers"], r["pose"], r["sensor"], r["method"])
 
 
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
 def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_range: float) -> np.ndarray:
     """4 x 4 similarity from the model frame to a condition's input frame."""
     m = np.eye(4)
@@ -192,7 +187,7 @@ def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_
         return m
     yaw = rng.uniform(0, 2 * math.pi)
     scale = rng.uniform(1 - scale_range, 1 + scale_range) if pose == "similarity" else 1.0
-    m[:3, :3] = scale * _rot_y(yaw)
+    m[:3, :3] = scale * rotation_y(yaw)
     if pose == "similarity":
         m[:3, 3] = rng.uniform(-offset_range, offset_range, 3)
     return m

@@ -147,6 +147,16 @@ class Observations:
     def __len__(self) -> int:
         return len(self.points)
 
+    def subset(self, rows: np.ndarray) -> Observations:
+        """The observations at ``rows`` (indices or a boolean mask), every field kept."""
+        return Observations(
+            self.points[rows],
+            self.sdf[rows],
+            None if self.weights is None else self.weights[rows],
+            None if self.lower_bound is None else self.lower_bound[rows],
+            None if self.fixed is None else self.fixed[rows],
+        )
+
 
 @dataclass
 class FitResult:
@@ -264,13 +274,7 @@ def _initial_codes(model: ShapeModel, obs: Observations, config: FitConfig, gen:
         return model.codes.detach().cpu().mean(dim=0, keepdim=True) + noise
     # nearest: rank the training codes on a subsample of the observations.
     k = min(len(obs), 2048)
-    pick = torch.randperm(len(obs), generator=gen)[:k].numpy()
-    sub = Observations(
-        obs.points[pick],
-        obs.sdf[pick],
-        None if obs.weights is None else obs.weights[pick],
-        None if obs.lower_bound is None else obs.lower_bound[pick],
-    )
+    sub = obs.subset(torch.randperm(len(obs), generator=gen)[:k].numpy())
     losses = torch.cat(
         [code_losses(model, model.codes[s : s + 64], sub, config) for s in range(0, model.num_shapes, 64)]
     ).cpu()
@@ -494,12 +498,7 @@ def fit_codes_posed(
     scored, rows = obs, points
     if 0 < loss_rows < len(obs):
         pick = np.sort(np.random.default_rng(config.seed).choice(len(obs), loss_rows, replace=False))
-        scored = Observations(
-            obs.points[pick],
-            obs.sdf[pick],
-            None if obs.weights is None else obs.weights[pick],
-            None if obs.lower_bound is None else obs.lower_bound[pick],
-        )
+        scored = obs.subset(pick)
         rows = points[:, torch.from_numpy(pick)]
     losses = _code_losses(model, loop.codes.detach(), scored, rows, config, precision=precision).cpu().numpy()
     return _result(loop, losses, t0)

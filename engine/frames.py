@@ -42,6 +42,12 @@ def from_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np
     return (np.asarray(points, np.float64) / scale - offset).astype(np.float32)
 
 
+def rotation_y(angle: float) -> np.ndarray:
+    """(3, 3) rotation by ``angle`` radians about the up axis (y)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
 def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """points (n, 3) mapped by a 4 x 4 affine ``matrix`` (in float64): (n, 3) float32."""
     m = np.asarray(matrix, np.float64)

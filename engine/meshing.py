@@ -163,7 +163,7 @@ def _eval_into(
         return 0
     out = torch.empty(len(idx), dtype=torch.float32, device=values.device)
     for s in range(0, len(idx), chunk):
-        out[s : s + chunk] = sdf_fn(axis[idx[s : s + chunk]])  # exact grid coordinates.float()
+        out[s : s + chunk] = sdf_fn(axis[idx[s : s + chunk]]).float()  # exact grid coordinates
         report(on_progress, done + min(s + chunk, len(idx)), max(total, done + len(idx)), "meshing")
     values[mask] = out
     return len(idx)

@@ -29,7 +29,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .errors import InputError
-from .frames import RADIUS_MARGIN
+from .frames import RADIUS_MARGIN, rotation_y
 from .model import ShapeModel
 from .observations import denoise_points, estimate_normals, outlier_mask
 from .progress import ProgressCallback, report
@@ -142,18 +142,13 @@ class PlacementResult:
     @property
     def input_to_model(self) -> np.ndarray:
         m = np.eye(4)
-        m[:3, :3] = self.scale * _rot_y_np(self.yaw)
+        m[:3, :3] = self.scale * rotation_y(self.yaw)
         m[:3, 3] = self.translation - m[:3, :3] @ self.centre
         return m
 
     @property
     def model_to_input(self) -> np.ndarray:
         return np.linalg.inv(self.input_to_model)
-
-
-def _rot_y_np(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
 def _rot_y(yaw: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .frames import rotation_y
 
 CHAIR_KINDS = ("four_legs", "sled", "swivel", "armchair", "stool", "bench")
 BACK_KINDS = ("solid", "slats", "open")
@@ -110,11 +111,6 @@ class ProceduralShape:
 def _rot_x(angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
 
 
 def _box(cx, cy, cz, hx, hy, hz, rot=None, rnd=0.0) -> Box:
@@ -213,7 +209,7 @@ def chair(rng: np.random.Generator, kind: str | None = None) -> ProceduralShape:
         reach = float(rng.uniform(0.25, 0.33))
         for k in range(n_feet):
             ang = 2 * math.pi * k / n_feet
-            rot = _rot_y(ang)
+            rot = rotation_y(ang)
             c = rot @ np.array([0, 0, reach / 2])
             parts.append(Box(np.array([c[0], 0.045, c[2]]), np.array([leg, 0.02, reach / 2]), rot))
             tip = rot @ np.array([0, 0, reach])
@@ -303,7 +299,7 @@ def table(rng: np.random.Generator, kind: str | None = None) -> ProceduralShape:
         else:
             reach = min(width, depth) * 0.38
             for ang in (0.0, math.pi / 2):
-                rot = _rot_y(ang)
+                rot = rotation_y(ang)
                 parts.append(Box(np.array([0, 0.025, 0]), np.array([leg * 1.2, 0.025, reach]), rot))
     else:  # trestle
         x = width / 2 - float(rng.uniform(0.08, 0.2))

@@ -139,13 +139,14 @@ def test_generation_and_training_normalization(tiny_model):
 
 def test_partial_scan_in_unknown_placement(tiny_model):
     """A one-view scan of a training shape, turned 60 degrees, scaled x2.5 and moved, is completed in place."""
-    from engine.placement import PlacementConfig, _rot_y_np
+    from engine.frames import rotation_y
+    from engine.placement import PlacementConfig
     from engine.scan import orbit_camera, simulate_scan
 
     v, f = analytic_mesh(SHAPES["capsule_pair"], 64)
     cam = orbit_camera(30, 25, 2.5)
     scan = simulate_scan(v, f, cam, noise=0.002, outliers=0.05, seed=0)
-    rot, s, t = _rot_y_np(np.radians(60)), 2.5, np.array([3.0, 1.0, -2.0])
+    rot, s, t = rotation_y(np.radians(60)), 2.5, np.array([3.0, 1.0, -2.0])
     pts = (scan.points @ rot.T) * s + t
     sensor = (np.asarray(cam.position) @ rot.T) * s + t
     rec = reconstruct(
@@ -168,15 +169,15 @@ def test_refit_at_a_found_pose_recovers_the_shape(tiny_model):
     """The refit after the placement search: the scan mapped by a pose, fitted with the
     known-pose observations from a start code, lands on the shape."""
     from engine.api import refit_at_pose
+    from engine.frames import rotation_y
     from engine.observations import ObservationConfig
-    from engine.placement import _rot_y_np
     from engine.scan import orbit_camera, simulate_scan
 
     v, f = analytic_mesh(SHAPES["box"], 64)
     cam = orbit_camera(200, 25, 2.5)
     scan = simulate_scan(v, f, cam, noise=0.0, seed=1)
     m2i = np.eye(4)
-    m2i[:3, :3] = 1.7 * _rot_y_np(np.radians(-35))
+    m2i[:3, :3] = 1.7 * rotation_y(np.radians(-35))
     m2i[:3, 3] = [0.5, -1.0, 2.0]
     pts = scan.points @ m2i[:3, :3].T + m2i[:3, 3]
     sensor = np.broadcast_to(np.asarray(cam.position) @ m2i[:3, :3].T + m2i[:3, 3], pts.shape)
@@ -262,20 +263,21 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
     """A search result 90 degrees and 4 % off: the screened variants of it contain the
     true pose, and the refit's loss picks it (the box is not square, so turned it fits worse)."""
     from engine.api import pose_variants, refit_placement
+    from engine.frames import rotation_y
     from engine.observations import ObservationConfig
-    from engine.placement import PlacementConfig, _rot_y_np
+    from engine.placement import PlacementConfig
     from engine.scan import orbit_camera, simulate_scan
 
     v, f = analytic_mesh(SHAPES["box"], 64)
     cams = [orbit_camera(a, 25, 2.5) for a in (20, 140, 260)]
     scan = simulate_scan(v, f, cams, noise=0.0, seed=1)
     m2i = np.eye(4)
-    m2i[:3, :3] = 1.7 * _rot_y_np(np.radians(-35))
+    m2i[:3, :3] = 1.7 * rotation_y(np.radians(-35))
     m2i[:3, 3] = [0.5, -1.0, 2.0]
     pts = scan.points @ m2i[:3, :3].T + m2i[:3, 3]
     sensors = scan.sensors @ m2i[:3, :3].T + m2i[:3, 3]
     wrong = np.eye(4)
-    wrong[:3, :3] = 1.04 * _rot_y_np(np.radians(90))
+    wrong[:3, :3] = 1.04 * rotation_y(np.radians(90))
     found = wrong @ np.linalg.inv(m2i)
     variants = pose_variants(found, (0, 270), (1 / 1.04, 1.0))
     assert variants.shape == (4, 4, 4)
