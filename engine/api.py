@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .fitting import FitConfig, FitResult, Observations, fit_code, fit_codes_posed
+from .fitting import (
+    FitConfig,
+    FitResult,
+    Observations,
+    fit_code,
+    fit_codes_posed,
+    rank_training_codes,
+    screen_nearest,
+)
 from .frames import apply_matrix, from_model_frame, reference_normalization, rotation_y, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
@@ -357,33 +365,58 @@ def refit_placement(
     """Refit a placement search's result on the observations a known-pose fit uses.
 
     code (L,), input_to_model (4, 4): the best hypothesis; alternatives: the others that
-    reached the end (their own code and pose). Screens :func:`pose_variants` of the best
-    pose from the mean training code (``placement.screen_iterations`` steps, all as one
-    batch), then refits every hypothesis from its own code and the
-    ``placement.refit_variants`` best-screened variants for ``placement.refit_iterations``
-    steps (one batch), keeping the lowest loss. points, normals, sensors: (n, 3), input frame. Returns ``(code (L,),
-    input_to_model (4, 4), loss)``.
+    reached the end (their own code and pose). Candidates:
+
+    * every hypothesis from its own code, and from its best nearest training code
+      (:func:`engine.fitting.screen_nearest`, ``fit.nearest_starts`` screened);
+    * :func:`pose_variants` of the best pose, each screened from the mean training code
+      and from the ``fit.nearest_starts`` training codes nearest the scan at that turn
+      (``fit.screen_iterations`` steps, all as one batch); the ``placement.refit_variants``
+      variants with the lowest screened loss, each with its best start.
+
+    Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
+    and the lowest loss wins. points, normals, sensors: (n, 3), input frame. Returns
+    ``(code (L,), input_to_model (4, 4), loss)``.
     """
     ref = np.asarray(input_to_model, np.float64)
     obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
     to_ref = np.linalg.inv(ref)
+    hypotheses = np.stack([ref] + [alt.input_to_model for alt in alternatives])
     starts = [np.asarray(code, np.float32)] + [alt.code for alt in alternatives]
-    poses = [ref] + [alt.input_to_model for alt in alternatives]
-    if placement.screen_iterations > 0 and placement.refit_variants > 0:
+    poses = list(hypotheses)
+    if fit.nearest_starts > 0 and fit.screen_iterations > 0:
+        near = screen_nearest(model, obs, hypotheses @ to_ref, fit, scaled(on_progress, 0, 100, 1000))
+        starts.extend(near.codes)
+        poses.extend(hypotheses)
+    if fit.screen_iterations > 0 and placement.refit_variants > 0:
         variants = pose_variants(ref, placement.variant_turns, placement.variant_scales)
-        mean = model.codes.detach().mean(0).cpu().numpy()
+        all_codes = model.codes.detach().cpu().numpy()
+        mean = all_codes.mean(0)
+        k = min(fit.nearest_starts, model.num_shapes) if placement.nearest_at_variants else 0
+        near_idx = None
+        if k:
+            # ranked once per turn (at scale 1): a few percent of scale does not reorder them
+            turns = pose_variants(ref, placement.variant_turns, [1.0])
+            near_idx = np.repeat(
+                rank_training_codes(model, obs, k, fit, poses=turns @ to_ref), len(placement.variant_scales), axis=0
+            )
+        tried = [
+            np.concatenate([mean[None], all_codes[near_idx[v]]]) if k else mean[None] for v in range(len(variants))
+        ]
         screen = fit_codes_posed(
             model,
             obs,
-            variants @ to_ref,
-            np.repeat(mean[None], len(variants), axis=0),
-            replace(fit, iterations=placement.screen_iterations, samples_per_iteration=placement.screen_samples),
-            loss_rows=placement.screen_rows,
-            on_progress=scaled(on_progress, 0, 300, 1000),
+            np.repeat(variants, k + 1, axis=0) @ to_ref,
+            np.concatenate(tried),
+            replace(fit, iterations=fit.screen_iterations, samples_per_iteration=fit.screen_samples),
+            loss_rows=fit.screen_rows,
+            on_progress=scaled(on_progress, 100, 300, 1000),
         )
-        for j in np.argsort(screen.restart_losses)[: placement.refit_variants]:
-            starts.append(screen.codes[j])
-            poses.append(variants[j])
+        losses = screen.restart_losses.reshape(len(variants), k + 1)
+        best_start = np.argmin(losses, axis=1)
+        for v in np.argsort(losses.min(axis=1))[: placement.refit_variants]:
+            starts.append(screen.codes[v * (k + 1) + best_start[v]])
+            poses.append(variants[v])
     stacked = np.stack(poses)
     final = fit_codes_posed(
         model,
@@ -391,7 +424,7 @@ def refit_placement(
         stacked @ to_ref,
         np.stack(starts),
         replace(fit, iterations=placement.refit_iterations),
-        on_progress=scaled(on_progress, 300, 700, 1000),
+        on_progress=scaled(on_progress, 400, 600, 1000),
     )
     best = int(np.argmin(final.restart_losses))
     return final.codes[best], stacked[best], float(final.restart_losses[best])

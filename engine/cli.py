@@ -175,6 +175,9 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     return 0
 
 
+_NEAREST_HELP = "nearest training codes screened as extra starts (override the preset's; 0: off, faster)"
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import extract_mesh, reconstruct
     from .fitting import fit_code, fit_preset
@@ -182,7 +185,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .observations import observations_from_sdf_samples
 
     model = _open(args)
-    overrides = {k: v for k, v in (("iterations", args.iterations), ("restarts", args.restarts)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("iterations", args.iterations),
+            ("restarts", args.restarts),
+            ("nearest_starts", args.nearest_starts),
+        )
+        if v is not None
+    }
     fit = fit_preset(args.preset, seed=args.seed, **overrides)
     progress = TqdmProgress(not args.quiet)
     t0 = time.perf_counter()
@@ -445,7 +456,9 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         sensor=tuple(s == "yes" for s in args.sensor),
         reference=not args.no_reference,
         resolution=args.resolution,
-        fit=fit_preset(args.preset),
+        fit=fit_preset(
+            args.preset, **({"nearest_starts": args.nearest_starts} if args.nearest_starts is not None else {})
+        ),
         placement=PlacementConfig(**({"iterations": args.placement_iterations} if args.placement_iterations else {})),
         reference_fit=reference_fit,
         seed=args.seed,
@@ -559,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="fit preset: default, fast or reference")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
+    p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("generate", cmd_generate, "Sample new shapes from the model's code prior.")
@@ -672,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor", nargs="+", default=["yes", "no"], choices=["yes", "no"], help="sensor position given")
     p.add_argument("--no-reference", action="store_true", help="skip the reference-style fit")
     p.add_argument("--reference-iterations", type=int, help="steps of the reference-style fit (default 800)")
-    p.add_argument("--preset", default="default", help="fit preset for known poses (default default)")
+    p.add_argument("--preset", default="default", help="fit preset for our fits (default default)")
+    p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
     p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 200)")
     p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
     p.add_argument("--seed", type=int, default=0)

@@ -105,21 +105,19 @@ class PlacementConfig:
     the searched pose (1.7 % scale error) to Chamfer 17.5e-3 and at 3 % larger to
     1.6e-3; an armchair locked 90 degrees off (37.6e-3) refitted turned to 8.9e-3. The
     refit's loss picked both."""
-    screen_iterations: int = 100
-    """Steps of the screening fit that ranks the variants (0: no variants, refit the
-    searched hypotheses only)."""
-    screen_samples: int = 1024
-    """Observations per screening step."""
-    screen_rows: int = 16384
-    """Observations the screened codes are ranked on."""
     refit_variants: int = 2
-    """Full refits: every searched hypothesis that reached the end (from its own code) and
-    the ``refit_variants`` best-screened variants; the lowest refit loss wins. Screened
+    """Variants kept after screening them (``FitConfig.screen_iterations`` steps from the
+    mean code; 0: no variants). Full refits: every searched hypothesis that reached the
+    end (from its own code) and these variants, each also from its best nearest training
+    code (``FitConfig.nearest_starts``); the lowest refit loss wins. Screened
     codes start behind a searched one, so the two kinds are not ranked against each
     other before the refit. Measured (three views): a sled whose search ended 90 degrees
     off had the right yaw in its second hypothesis (refit loss 4.09e-3, Chamfer 3.3e-3)
     and in its second-best variant (4.14e-3, 4.0e-3), against 4.35e-3 (57.6e-3) for the
     searched best; one variant alone was not enough."""
+    nearest_at_variants: bool = True
+    """Screen the nearest training codes (``FitConfig.nearest_starts``) at every pose
+    variant too, not only the mean code (the hypotheses always get them)."""
     seed: int = 0
 
 

@@ -32,7 +32,8 @@ def test_fit_recovers_a_training_shape(tiny_model, index):
     # the other training shapes explain the samples worse than the fitted code
     others = code_losses(tiny_model, tiny_model.codes, Observations(pts, sdf)).numpy()
     assert result.loss <= others[index] * 1.5 and result.loss < np.delete(others, index).min()
-    assert len(result.restart_losses) == 2 and result.loss == result.restart_losses.min()
+    # two restarts and the best-screened nearest training code
+    assert len(result.restart_losses) == 3 and result.loss == result.restart_losses.min()
 
 
 def test_fit_changes_only_the_code(tiny_model):
@@ -190,6 +191,36 @@ def test_refit_at_a_found_pose_recovers_the_shape(tiny_model):
     assert m.chamfer < 3e-3, m
 
 
+def test_nearest_training_codes_and_screened_starts(tiny_model):
+    """The training code of the shape observed ranks first, also when the observations
+    reach the model frame only through a pose; the nearest start joins the mean start
+    (same samples, so the result is never worse than the mean start alone)."""
+    from engine.fitting import rank_training_codes, screen_nearest
+
+    for index, name in enumerate(NAMES):
+        pts, sdf = sdf_samples(SHAPES[name], 3000, seed=40 + index)
+        assert rank_training_codes(tiny_model, Observations(pts, sdf), 2)[0, 0] == index
+    pose = np.eye(4)
+    pose[:3, :3] *= 1.5
+    pose[:3, 3] = [0.3, -0.2, 0.1]
+    pts, sdf = sdf_samples(SHAPES["box"], 3000, seed=7)
+    scan = Observations((pts - pose[:3, 3]) / 1.5, sdf)  # the box seen in another frame
+    order = rank_training_codes(tiny_model, scan, 3, poses=np.stack([np.eye(4), pose]))
+    assert order.shape == (2, 3) and order[1, 0] == NAMES.index("box")
+    screened = screen_nearest(tiny_model, scan, np.stack([np.eye(4), pose]), FitConfig(screen_iterations=20))
+    assert (
+        screened.codes.shape == (2, tiny_model.code_length) and screened.restart_losses[1] < screened.restart_losses[0]
+    )
+
+    half = pts[:, 0] > 0  # one side of the box only
+    obs = Observations(pts[half], sdf[half])
+    alone = fit_code(tiny_model, obs, FitConfig(iterations=60, nearest_starts=0))
+    both = fit_code(tiny_model, obs, FitConfig(iterations=60, nearest_starts=2, screen_iterations=20))
+    assert len(both.restart_losses) == 2
+    assert both.restart_losses[0] == pytest.approx(alone.loss, rel=1e-4)
+    assert both.loss <= alone.loss * (1 + 1e-4)
+
+
 def test_device_loop_is_adam_on_the_same_samples(tiny_model):
     """The loop that a CUDA graph replays (Adam written out, step read from a device
     counter) gives the codes that torch.optim.Adam gives on the same samples."""
@@ -283,11 +314,10 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
     assert variants.shape == (4, 4, 4)
     np.testing.assert_allclose(variants[2], np.linalg.inv(m2i), atol=1e-9)  # turn 270, scale 1/1.04
     start = tiny_model.codes.detach().mean(0).numpy()
-    placement = PlacementConfig(
-        variant_turns=(0, 90, 180, 270), variant_scales=(1 / 1.04, 1.0), screen_iterations=60, refit_variants=1
-    )
+    placement = PlacementConfig(variant_turns=(0, 90, 180, 270), variant_scales=(1 / 1.04, 1.0), refit_variants=1)
+    fit = FitConfig(iterations=100, screen_iterations=60)
     code, i2m, loss = refit_placement(
-        tiny_model, start, found, [], pts, None, sensors, placement, FitConfig(iterations=100), ObservationConfig()
+        tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
     )
     assert np.isfinite(loss)
     rel = i2m[:3, :3] @ m2i[:3, :3]  # the identity up to scale when the turn is right
