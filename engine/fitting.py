@@ -65,9 +65,10 @@ class FitConfig:
     """Also start from the training shape nearest the observations: the training codes
     with the lowest objective on a subset of the observations, this many, are each fitted
     ``screen_iterations`` steps (one batch) and the best of them is fitted with the other
-    starts; the lowest final loss wins (0: off). Measured on 6 held-out chairs (1 % noise,
-    known pose, ``evaluate-completion``): mean Chamfer 12.1e-3 -> 8.5e-3 from one view and
-    14.4e-3 -> 12.1e-3 from three; the loss chose the nearest start in every case. A
+    starts; the lowest final loss wins (0: off). Measured on 16 held-out chairs (1 %
+    noise, ``evaluate-completion``, H100): known-pose mean Chamfer 13.7e-3 -> 7.7e-3 from
+    one view and 13.5e-3 -> 8.5e-3 from three; unknown pose (with the variants of
+    :func:`engine.api.refit_placement`) 13.8e-3 -> 10.3e-3 and 19.1e-3 -> 10.1e-3. A
     nearest code fitted without the mean-code start (``init="nearest"``) was worse on the
     complete fixture scan, hence both."""
     screen_iterations: int = 100
