@@ -98,7 +98,8 @@ class PlacementConfig:
     """The best pose turned about the vertical (degrees) ..."""
     variant_scales: tuple[float, ...] = (0.97, 1.0, 1.03)
     """... and scaled by these factors (both about the model origin, the shape's centre)
-    gives the pose variants that are screened, each from the mean training code. The
+    gives the pose variants that are screened, each from the mean training code and the
+    nearest training codes (``nearest_at_variants``). The
     search holds the scale near the scan's extent, which is a few percent off on
     partial or noisy scans, and a square seat seen from three sides looks alike turned
     by 90 degrees. Measured (three views, 1 % noise): a four-legged chair refitted at
@@ -107,7 +108,7 @@ class PlacementConfig:
     refit's loss picked both."""
     refit_variants: int = 2
     """Variants kept after screening them (``FitConfig.screen_iterations`` steps from the
-    mean code; 0: no variants). Full refits: every searched hypothesis that reached the
+    mean code and the nearest training codes; 0: no variants), each with its best start. Full refits: every searched hypothesis that reached the
     end (from its own code) and these variants, each also from its best nearest training
     code (``FitConfig.nearest_starts``); the lowest refit loss wins. Screened
     codes start behind a searched one, so the two kinds are not ranked against each
