@@ -195,11 +195,12 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
     quality: EnumProperty(
         name="Fit",
         items=[
+            ("auto", "Auto", "Default on a GPU, Fast on a CPU"),
             ("fast", "Fast", "2,048 samples per step, 4 nearest training shapes tried as starts: for a CPU"),
             ("default", "Default", "8,000 samples per step, 8 nearest training shapes tried as starts"),
             ("reference", "Reference", "The reference DeepSDF's 800 steps"),
         ],
-        default="default",
+        default="auto",
     )
     normals: BoolProperty(name="SDF Normals", description="Vertex normals from the SDF gradient", default=False)
     placement: EnumProperty(

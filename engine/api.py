@@ -375,7 +375,8 @@ def refit_placement(
       variants with the lowest screened loss, each with its best start.
 
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
-    and the lowest loss wins. points, normals, sensors: (n, 3), input frame. Returns
+    and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
+    ``placement.offset_rounds`` times). points, normals, sensors: (n, 3), input frame. Returns
     ``(code (L,), input_to_model (4, 4), loss)``.
     """
     ref = np.asarray(input_to_model, np.float64)
@@ -385,7 +386,7 @@ def refit_placement(
     starts = [np.asarray(code, np.float32)] + [alt.code for alt in alternatives]
     poses = list(hypotheses)
     if fit.nearest_starts > 0 and fit.screen_iterations > 0:
-        near = screen_nearest(model, obs, hypotheses @ to_ref, fit, scaled(on_progress, 0, 100, 1000))
+        near = screen_nearest(model, obs, hypotheses @ to_ref, fit, scaled(on_progress, 0, 80, 1000))
         starts.extend(near.codes)
         poses.extend(hypotheses)
     if fit.screen_iterations > 0 and placement.refit_variants > 0:
@@ -410,7 +411,7 @@ def refit_placement(
             np.concatenate(tried),
             replace(fit, iterations=fit.screen_iterations, samples_per_iteration=fit.screen_samples),
             loss_rows=fit.screen_rows,
-            on_progress=scaled(on_progress, 100, 300, 1000),
+            on_progress=scaled(on_progress, 80, 220, 1000),
         )
         losses = screen.restart_losses.reshape(len(variants), k + 1)
         best_start = np.argmin(losses, axis=1)
@@ -424,10 +425,69 @@ def refit_placement(
         stacked @ to_ref,
         np.stack(starts),
         replace(fit, iterations=placement.refit_iterations),
+        on_progress=scaled(on_progress, 300, 400, 1000),
+    )
+    best = int(np.argmin(final.restart_losses))
+    code, pose, loss = final.codes[best], stacked[best], float(final.restart_losses[best])
+    rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
+    for r in range(rounds):
+        span = 300 // rounds
+        code, pose, loss = polish_offset(
+            model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, 700 + r * span, span, 1000)
+        )
+    return code, pose, loss
+
+
+def offset_grid(step: float, n: int) -> np.ndarray:
+    """Translations (k, 3), model units: ``step * (-n..n)`` along each axis, all combinations,
+    the zero offset first."""
+    axis = step * np.arange(-n, n + 1)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    return grid[np.argsort(np.abs(grid).sum(axis=1), kind="stable")]
+
+
+def polish_offset(
+    model: ShapeModel,
+    obs: Observations,
+    to_ref: np.ndarray,
+    code: np.ndarray,
+    input_to_model: np.ndarray,
+    placement: PlacementConfig,
+    fit: FitConfig,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Refine a placement's translation: screen the winner shifted over :func:`offset_grid`
+    (model frame) from its code, refit the unshifted winner and the ``placement.offset_keep``
+    best shifts as one batch and keep the lowest loss.
+
+    obs: the scan's observations in the frame of the pose ``inv(to_ref)`` (4, 4);
+    code (L,), input_to_model (4, 4): the winner. Returns ``(code, input_to_model, loss)``.
+    """
+    offsets = offset_grid(placement.offset_step, placement.offset_grid)
+    shifts = np.repeat(np.eye(4)[None], len(offsets), 0)
+    shifts[:, :3, 3] = offsets
+    poses = shifts @ np.asarray(input_to_model, np.float64)
+    screen = fit_codes_posed(
+        model,
+        obs,
+        poses @ to_ref,
+        np.repeat(np.asarray(code, np.float32)[None], len(poses), 0),
+        replace(fit, iterations=fit.screen_iterations, samples_per_iteration=fit.screen_samples),
+        loss_rows=fit.screen_rows,
+        on_progress=scaled(on_progress, 0, 400, 1000),
+    )
+    order = [int(i) for i in np.argsort(screen.restart_losses) if i != 0][: placement.offset_keep]
+    chosen = [0, *order]  # the unshifted winner always competes
+    final = fit_codes_posed(
+        model,
+        obs,
+        poses[chosen] @ to_ref,
+        screen.codes[chosen],
+        replace(fit, iterations=placement.refit_iterations),
         on_progress=scaled(on_progress, 400, 600, 1000),
     )
     best = int(np.argmin(final.restart_losses))
-    return final.codes[best], stacked[best], float(final.restart_losses[best])
+    return final.codes[best], poses[chosen[best]], float(final.restart_losses[best])
 
 
 def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:

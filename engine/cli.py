@@ -194,7 +194,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    fit = fit_preset(args.preset, seed=args.seed, **overrides)
+    fit = fit_preset(args.preset, model.device, seed=args.seed, **overrides)
     progress = TqdmProgress(not args.quiet)
     t0 = time.perf_counter()
     try:
@@ -398,7 +398,7 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     from .fitting import fit_preset
 
     model = _open(args)
-    fit = fit_preset(args.preset, **({"iterations": args.iterations} if args.iterations else {}))
+    fit = fit_preset(args.preset, model.device, **({"iterations": args.iterations} if args.iterations else {}))
     progress = TqdmProgress(not args.quiet)
     try:
         rep = evaluate_model(
@@ -457,7 +457,9 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         reference=not args.no_reference,
         resolution=args.resolution,
         fit=fit_preset(
-            args.preset, **({"nearest_starts": args.nearest_starts} if args.nearest_starts is not None else {})
+            args.preset,
+            model.device,
+            **({"nearest_starts": args.nearest_starts} if args.nearest_starts is not None else {}),
         ),
         placement=PlacementConfig(**({"iterations": args.placement_iterations} if args.placement_iterations else {})),
         reference_fit=reference_fit,
@@ -569,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="normalise the input like the reference (bounding box) instead of estimating its placement",
     )
     p.add_argument("--sensor", type=_parse_vec3, help="scanner position X,Y,Z in the input's frame")
-    p.add_argument("--preset", default="default", help="fit preset: default, fast or reference")
+    p.add_argument(
+        "--preset", default="auto", help="fit preset: auto (default on a GPU, fast on a CPU), default, fast, reference"
+    )
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
     p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)

@@ -129,12 +129,20 @@ FIT_PRESETS: dict[str, FitConfig] = {
 }
 
 
-def fit_preset(name: str, **overrides: object) -> FitConfig:
-    """A named :class:`FitConfig` (``reference``, ``default``, ``fast``) with fields overridden."""
+AUTO_PRESET = "auto"
+"""Not in ``FIT_PRESETS``: ``default`` on a GPU, ``fast`` on a CPU (where ``default`` takes
+several minutes per scan completion and ``fast`` about a minute; docs/performance.md)."""
+
+
+def fit_preset(name: str, device: torch.device | str | None = None, **overrides: object) -> FitConfig:
+    """A named :class:`FitConfig` (``reference``, ``default``, ``fast``, or ``auto``: ``default``
+    when ``device`` is a GPU, else ``fast``) with fields overridden."""
+    if name == AUTO_PRESET:
+        name = "default" if device is not None and torch.device(device).type == "cuda" else "fast"
     try:
         base = FIT_PRESETS[name]
     except KeyError:
-        raise InputError(f"unknown fit preset {name!r}; choose {sorted(FIT_PRESETS)}") from None
+        raise InputError(f"unknown fit preset {name!r}; choose {sorted(FIT_PRESETS)} or {AUTO_PRESET!r}") from None
     return replace(base, **overrides) if overrides else base
 
 

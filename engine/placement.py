@@ -116,6 +116,25 @@ class PlacementConfig:
     off had the right yaw in its second hypothesis (refit loss 4.09e-3, Chamfer 3.3e-3)
     and in its second-best variant (4.14e-3, 4.0e-3), against 4.35e-3 (57.6e-3) for the
     searched best; one variant alone was not enough."""
+    offset_grid: int = 1
+    """After the refit, polish the winner's translation: the winner shifted by
+    ``offset_step`` * (-n..n) along each model axis ((2n+1)^3 offsets, 0: off) is
+    screened from the winner's code (``FitConfig.screen_iterations`` steps), and the
+    ``offset_keep`` offsets with the lowest screened loss are refitted beside the
+    unshifted winner (``refit_iterations``, one batch); the lowest loss wins. The search
+    ends 0.02-0.1 model units off, and a code near a training shape's does not absorb
+    that. Measured on the 16 held-out chairs (one view, 1 % noise, ``fast``, CPU; the
+    same search results polished or not): mean / median Chamfer 10.13 / 3.37 e-3
+    without, 9.35 / 2.34 with a 0.015 step, 9.93 / 3.95 with 0.03 (the loss then
+    preferred shifts that fit worse), 10.08 / 3.20 with the extra refit steps alone."""
+    offset_step: float = 0.015
+    """Spacing of the offset grid, model units (the shape's bounding sphere has radius ~1)."""
+    offset_keep: int = 2
+    """Screened offsets refitted beside the unshifted winner."""
+    offset_rounds: int = 2
+    """Polish rounds, each around the previous round's winner (2 rounds of a 0.015 grid
+    reach 0.03). Measured as above: one round 9.35 / 2.34, two 8.87 / 2.32, against 8.87 /
+    5.15 for the known pose of the same scans."""
     nearest_at_variants: bool = True
     """Screen the nearest training codes (``FitConfig.nearest_starts``) at every pose
     variant too, not only the mean code (the hypotheses always get them)."""

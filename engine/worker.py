@@ -175,7 +175,7 @@ class Worker:
 
         model = self.model(params)
         overrides = {"iterations": int(params["iterations"])} if params.get("iterations") else {}
-        fit = fit_preset(str(params.get("preset", "default")), **overrides)
+        fit = fit_preset(str(params.get("preset", "auto")), model.device, **overrides)
         mode = str(params.get("placement", "estimate"))  # estimate | reference | known
         placement = PlacementConfig(**({"iterations": int(params["iterations"])} if params.get("iterations") else {}))
         mesh_cfg = MeshConfig(resolution=int(params.get("resolution", 128)), normals=bool(params.get("normals", False)))

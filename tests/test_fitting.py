@@ -72,6 +72,9 @@ def test_reference_preset_is_the_reference():
     assert fit_preset("reference", iterations=10).iterations == 10
     with pytest.raises(InputError):
         fit_preset("nope")
+    # auto: the default where fits take seconds (a GPU), fast on a CPU
+    assert fit_preset("auto", "cpu") == fit_preset("fast") and fit_preset("auto") == fit_preset("fast")
+    assert fit_preset("auto", "cuda", iterations=5) == fit_preset("default", iterations=5)
 
 
 def test_lower_bound_observations_only_push_outward(tiny_model):
@@ -327,3 +330,40 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
     mesh = extract_mesh(tiny_model, code, MeshConfig(resolution=64)).apply_matrix(np.linalg.inv(i2m))
     m = compare_meshes((mesh.vertices, mesh.faces), (v @ m2i[:3, :3].T + m2i[:3, 3], f), samples=10000)
     assert m.chamfer / 1.7**2 < 3e-3, m
+
+
+def test_offset_polish_recovers_a_shifted_pose(tiny_model):
+    """A placement right but for a sideways offset of one grid step: screening the offset
+    grid from the winner's code and refitting finds the true translation."""
+    from engine.api import _scan_observations, offset_grid, polish_offset
+    from engine.frames import rotation_y
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    grid = offset_grid(0.03, 1)
+    assert grid.shape == (27, 3) and not grid[0].any() and len(np.unique(grid, axis=0)) == 27
+    np.testing.assert_allclose(np.abs(grid).max(), 0.03)
+
+    name = "box"
+    v, f = analytic_mesh(SHAPES[name], 64)
+    cams = [orbit_camera(a, 25, 2.5) for a in (20, 140)]
+    scan = simulate_scan(v, f, cams, noise=0.0, seed=2)
+    m2i = np.eye(4)
+    m2i[:3, :3] = 1.3 * rotation_y(np.radians(50))
+    m2i[:3, 3] = [-1.0, 0.2, 0.7]
+    pts = scan.points @ m2i[:3, :3].T + m2i[:3, 3]
+    sensors = scan.sensors @ m2i[:3, :3].T + m2i[:3, 3]
+    true_i2m = np.linalg.inv(m2i)
+    shift = np.eye(4)
+    shift[:3, 3] = [0.03, 0.0, -0.03]
+    found = shift @ true_i2m
+    obs = _scan_observations(found, pts, None, sensors, ObservationConfig(), 0)
+    code = tiny_model.codes.detach()[NAMES.index(name)].numpy()
+    placement = PlacementConfig(offset_step=0.03, offset_grid=1, offset_keep=2, refit_iterations=100)
+    fit = FitConfig(iterations=100, screen_iterations=60, samples_per_iteration=4000)
+    new_code, i2m, loss = polish_offset(tiny_model, obs, np.linalg.inv(found), code, found, placement, fit)
+    assert np.isfinite(loss) and new_code.shape == code.shape
+    # rotation and scale untouched, the translation back at the truth (a step was 0.03)
+    np.testing.assert_allclose(i2m[:3, :3], true_i2m[:3, :3], atol=1e-9)
+    np.testing.assert_allclose(i2m[:3, 3], true_i2m[:3, 3], atol=1e-6)
