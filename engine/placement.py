@@ -117,24 +117,23 @@ class PlacementConfig:
     and in its second-best variant (4.14e-3, 4.0e-3), against 4.35e-3 (57.6e-3) for the
     searched best; one variant alone was not enough."""
     offset_grid: int = 1
-    """After the refit, polish the winner's translation: the winner shifted by
-    ``offset_step`` * (-n..n) along each model axis ((2n+1)^3 offsets, 0: off) is
-    screened from the winner's code (``FitConfig.screen_iterations`` steps), and the
-    ``offset_keep`` offsets with the lowest screened loss are refitted beside the
-    unshifted winner (``refit_iterations``, one batch); the lowest loss wins. The search
-    ends 0.02-0.1 model units off, and a code near a training shape's does not absorb
-    that. Measured on the 16 held-out chairs (one view, 1 % noise, ``fast``, CPU; the
-    same search results polished or not): mean / median Chamfer 10.13 / 3.37 e-3
-    without, 9.35 / 2.34 with a 0.015 step, 9.93 / 3.95 with 0.03 (the loss then
-    preferred shifts that fit worse), 10.08 / 3.20 with the extra refit steps alone."""
+    """Offsets per side of the translation polish's grid (``offset_step`` * (-n..n) along
+    each model axis, (2n+1)^3 offsets); the polish runs ``offset_rounds`` times."""
     offset_step: float = 0.015
     """Spacing of the offset grid, model units (the shape's bounding sphere has radius ~1)."""
     offset_keep: int = 2
     """Screened offsets refitted beside the unshifted winner."""
-    offset_rounds: int = 2
-    """Polish rounds, each around the previous round's winner (2 rounds of a 0.015 grid
-    reach 0.03). Measured as above: one round 9.35 / 2.34, two 8.87 / 2.32, against 8.87 /
-    5.15 for the known pose of the same scans."""
+    offset_rounds: int = 0
+    """Translation polish after the refit (:func:`engine.api.polish_offset`), this many
+    rounds, each around the previous round's winner; 0: off (the default). The winner
+    shifted over the offset grid is screened from its code (``FitConfig.screen_iterations``
+    steps), the ``offset_keep`` best shifts are refitted beside the unshifted winner and
+    the lowest loss wins. Measured on the 16 held-out chairs (``fast``, fp32, CPU, the
+    same search results polished or not; mean / median Chamfer x 1e3): one view, no
+    outliers 10.13 / 3.37 without, 8.87 / 2.33 with two rounds (14 chairs better), level
+    with the known pose (8.87 / 5.15); three views with 5 % outliers it made 10 of 16
+    chairs worse (13.61 -> 14.70 / 7.36 -> 7.03; docs/quality/completion.md), so it is
+    off until the loss can tell those shifts apart."""
     nearest_at_variants: bool = True
     """Screen the nearest training codes (``FitConfig.nearest_starts``) at every pose
     variant too, not only the mean code (the hypotheses always get them)."""

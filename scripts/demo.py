@@ -63,7 +63,9 @@ def main() -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--scan", default=None)
     p.add_argument("--resolution", type=int, default=128)
-    p.add_argument("--quality", default="fast", help="completion fit: fast (suits a CPU, default here) or default")
+    p.add_argument(
+        "--quality", default="auto", help="completion fit: auto (default on a GPU, fast on a CPU), fast, default"
+    )
     p.add_argument("--out", default="out")
     p.add_argument("--render-size", type=int, nargs=2, default=[1600, 900])
     args = p.parse_args()

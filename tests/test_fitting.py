@@ -317,7 +317,9 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
     assert variants.shape == (4, 4, 4)
     np.testing.assert_allclose(variants[2], np.linalg.inv(m2i), atol=1e-9)  # turn 270, scale 1/1.04
     start = tiny_model.codes.detach().mean(0).numpy()
-    placement = PlacementConfig(variant_turns=(0, 90, 180, 270), variant_scales=(1 / 1.04, 1.0), refit_variants=1)
+    placement = PlacementConfig(
+        variant_turns=(0, 90, 180, 270), variant_scales=(1 / 1.04, 1.0), refit_variants=1, offset_rounds=1
+    )
     fit = FitConfig(iterations=100, screen_iterations=60)
     code, i2m, loss = refit_placement(
         tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
