@@ -419,17 +419,17 @@ def refit_placement(
             starts.append(screen.codes[v * (k + 1) + best_start[v]])
             poses.append(variants[v])
     stacked = np.stack(poses)
+    rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
     final = fit_codes_posed(
         model,
         obs,
         stacked @ to_ref,
         np.stack(starts),
         replace(fit, iterations=placement.refit_iterations),
-        on_progress=scaled(on_progress, 300, 400, 1000),
+        on_progress=scaled(on_progress, 300, 400 if rounds else 700, 1000),
     )
     best = int(np.argmin(final.restart_losses))
     code, pose, loss = final.codes[best], stacked[best], float(final.restart_losses[best])
-    rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
     for r in range(rounds):
         span = 300 // rounds
         code, pose, loss = polish_offset(
