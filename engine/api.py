@@ -29,6 +29,7 @@ from .fitting import (
     fit_code,
     fit_codes_posed,
     rank_training_codes,
+    screen_codes_posed,
     screen_nearest,
 )
 from .frames import apply_matrix, from_model_frame, reference_normalization, rotation_y, to_model_frame
@@ -404,14 +405,13 @@ def refit_placement(
         tried = [
             np.concatenate([mean[None], all_codes[near_idx[v]]]) if k else mean[None] for v in range(len(variants))
         ]
-        screen = fit_codes_posed(
+        screen = screen_codes_posed(
             model,
             obs,
             np.repeat(variants, k + 1, axis=0) @ to_ref,
             np.concatenate(tried),
-            replace(fit, iterations=fit.screen_iterations, samples_per_iteration=fit.screen_samples),
-            loss_rows=fit.screen_rows,
-            on_progress=scaled(on_progress, 80, 220, 1000),
+            fit,
+            scaled(on_progress, 80, 220, 1000),
         )
         losses = screen.restart_losses.reshape(len(variants), k + 1)
         best_start = np.argmin(losses, axis=1)
@@ -430,8 +430,8 @@ def refit_placement(
     )
     best = int(np.argmin(final.restart_losses))
     code, pose, loss = final.codes[best], stacked[best], float(final.restart_losses[best])
+    span = 300 // max(rounds, 1)
     for r in range(rounds):
-        span = 300 // rounds
         code, pose, loss = polish_offset(
             model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, 700 + r * span, span, 1000)
         )
@@ -467,14 +467,13 @@ def polish_offset(
     shifts = np.repeat(np.eye(4)[None], len(offsets), 0)
     shifts[:, :3, 3] = offsets
     poses = shifts @ np.asarray(input_to_model, np.float64)
-    screen = fit_codes_posed(
+    screen = screen_codes_posed(
         model,
         obs,
         poses @ to_ref,
         np.repeat(np.asarray(code, np.float32)[None], len(poses), 0),
-        replace(fit, iterations=fit.screen_iterations, samples_per_iteration=fit.screen_samples),
-        loss_rows=fit.screen_rows,
-        on_progress=scaled(on_progress, 0, 400, 1000),
+        fit,
+        scaled(on_progress, 0, 400, 1000),
     )
     order = [int(i) for i in np.argsort(screen.restart_losses) if i != 0][: placement.offset_keep]
     chosen = [0, *order]  # the unshifted winner always competes

@@ -372,14 +372,13 @@ def screen_nearest(
     poses = np.eye(4)[None] if poses is None else np.asarray(poses, np.float64).reshape(-1, 4, 4)
     b, k = len(poses), min(max(config.nearest_starts, 1), model.num_shapes)
     near = rank_training_codes(model, obs, k, config, poses=poses)
-    screen = fit_codes_posed(
+    screen = screen_codes_posed(
         model,
         obs,
         np.repeat(poses, k, axis=0),
         model.codes.detach().cpu().numpy()[near.reshape(-1)],
-        replace(config, iterations=config.screen_iterations, samples_per_iteration=config.screen_samples),
-        loss_rows=config.screen_rows,
-        on_progress=on_progress,
+        config,
+        on_progress,
     )
     losses = screen.restart_losses.reshape(b, k)
     best = np.argmin(losses, axis=1)
@@ -616,3 +615,18 @@ def fit_codes_posed(
     # fp32 as in fit_code: candidates a fraction of a percent apart are ranked
     losses = _code_losses(model, loop.codes.detach(), scored, rows, config, precision="fp32").cpu().numpy()
     return _result(loop, losses, t0)
+
+
+def screen_codes_posed(
+    model: ShapeModel,
+    obs: Observations,
+    poses: np.ndarray,
+    initial_codes: np.ndarray,
+    config: FitConfig = FitConfig(),
+    on_progress: ProgressCallback | None = None,
+) -> FitResult:
+    """A screening fit: :func:`fit_codes_posed` for ``config.screen_iterations`` steps of
+    ``config.screen_samples`` observations, scored on ``config.screen_rows`` rows; enough
+    to rank candidate (pose, start) pairs, not to finish them. Shapes as there."""
+    short = replace(config, iterations=config.screen_iterations, samples_per_iteration=config.screen_samples)
+    return fit_codes_posed(model, obs, poses, initial_codes, short, config.screen_rows, on_progress)
