@@ -50,6 +50,8 @@ def main() -> int:
     p.add_argument("--noise", type=float, default=0.005, help="depth noise, fraction of the object's size")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="auto", help="fit preset (auto: default on a GPU, fast on a CPU)")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     root = Path(args.furniture)
     names = [n for n in SEATS if (root / n / f"{n}.obj").is_file()]
@@ -58,7 +60,8 @@ def main() -> int:
     if not names:
         print(f"no CC0 seats under {root}", file=sys.stderr)
         return 1
-    model = engine.open_model(args.model, "cpu")
+    model = engine.open_model(args.model, args.device)
+    fit = engine.fit_preset(args.preset, model.device)
     rows, tiles = [], []
     for k, name in enumerate(names):
         v, f = engine.load_geometry(root / name / f"{name}.obj")
@@ -75,6 +78,7 @@ def main() -> int:
             apply_matrix(m2i, scan.points),
             None,
             sensor=apply_matrix(m2i, np.asarray(cam.position)[None])[0],
+            fit=fit,
             mesh=engine.MeshConfig(resolution=args.resolution),
         )
         seconds = time.perf_counter() - t0
@@ -108,10 +112,12 @@ def main() -> int:
         "f_0.01": float(np.mean([r["f_0.01"] for r in rows])),
         "f_0.02": float(np.mean([r["f_0.02"] for r in rows])),
         "seconds_mean": float(np.mean([r["seconds"] for r in rows])),
+        "preset": args.preset,
+        "device": str(model.device),
     }
     print(json.dumps(summary, indent=1))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     save_png(out / "images" / f"{args.name}.png", image_grid(tiles, columns=6))
     return 0
