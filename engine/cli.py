@@ -176,6 +176,10 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 
 _NEAREST_HELP = "nearest training codes screened as extra starts (override the preset's; 0: off, faster)"
+_EXTENT_HELP = (
+    "quantile of the scan's points that sets its extent, the start of the scale search (default 1: the "
+    "largest; 0.999 helped three-view scans and hurt one-view scans, docs/quality/completion.md)"
+)
 _POLISH_HELP = (
     "rounds of translation polish after an estimated placement (default 0: off; 2 helped one-view scans "
     "without outliers and hurt three-view scans with outliers, docs/quality/completion.md)"
@@ -221,7 +225,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 sensor=args.sensor,
                 placement=None
                 if args.reference_normalization
-                else PlacementConfig(seed=args.seed, offset_rounds=args.offset_polish),
+                else PlacementConfig(
+                    seed=args.seed, offset_rounds=args.offset_polish, extent_quantile=args.extent_quantile
+                ),
                 on_progress=progress,
             )
             mesh, code, loss = rec.mesh, rec.code, rec.loss
@@ -469,6 +475,7 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         ),
         placement=PlacementConfig(
             offset_rounds=args.offset_polish,
+            extent_quantile=args.extent_quantile,
             **({"iterations": args.placement_iterations} if args.placement_iterations else {}),
         ),
         reference_fit=reference_fit,
@@ -587,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
     p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
     p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
+    p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("generate", cmd_generate, "Sample new shapes from the model's code prior.")
@@ -703,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="fit preset for our fits (default default)")
     p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
     p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
+    p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
     p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 200)")
     p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
     p.add_argument("--seed", type=int, default=0)

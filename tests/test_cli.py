@@ -150,3 +150,13 @@ def test_every_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_extent_quantile_option_reaches_the_placement():
+    from engine.cli import build_parser
+
+    base = ["--model", "m", "--input", "i.ply", "--out", "o.ply"]
+    assert build_parser().parse_args(["reconstruct", *base]).extent_quantile == 1.0
+    assert build_parser().parse_args(["reconstruct", *base, "--extent-quantile", "0.999"]).extent_quantile == 0.999
+    args = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--extent-quantile", "0.998"])
+    assert args.extent_quantile == 0.998

@@ -369,3 +369,18 @@ def test_offset_polish_recovers_a_shifted_pose(tiny_model):
     # rotation and scale untouched, the translation back at the truth (a step was 0.03)
     np.testing.assert_allclose(i2m[:3, :3], true_i2m[:3, :3], atol=1e-9)
     np.testing.assert_allclose(i2m[:3, 3], true_i2m[:3, 3], atol=1e-6)
+
+
+def test_scan_extent_ignores_a_few_stray_points():
+    from engine.placement import scan_extent
+
+    rng = np.random.default_rng(4)
+    d = rng.standard_normal((20_000, 3))
+    sphere = 2.0 * d / np.linalg.norm(d, axis=1, keepdims=True) + np.array([5.0, -1.0, 3.0])
+    centre, radius = scan_extent(sphere)
+    assert np.allclose(centre, [5.0, -1.0, 3.0], atol=0.02) and abs(radius - 2.0) < 0.02
+    stray = np.concatenate([sphere, [[11.0, -1.0, 3.0], [5.0, 6.0, 3.0], [5.0, -1.0, -4.0]]])
+    centre, radius = scan_extent(stray)  # the box and the largest distance: stretched
+    assert radius > 4.0
+    centre, radius = scan_extent(stray, 0.999)  # 3 points in 20,003 do not move the quantiles
+    assert np.allclose(centre, [5.0, -1.0, 3.0], atol=0.05) and 1.95 < radius < 2.01
