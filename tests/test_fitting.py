@@ -384,3 +384,5 @@ def test_scan_extent_ignores_a_few_stray_points():
     assert radius > 4.0
     centre, radius = scan_extent(stray, 0.999)  # 3 points in 20,003 do not move the quantiles
     assert np.allclose(centre, [5.0, -1.0, 3.0], atol=0.05) and 1.95 < radius < 2.01
+    with pytest.raises(InputError, match="quantile"):
+        scan_extent(sphere, 1.5)
