@@ -334,7 +334,8 @@ def train(
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
-    if distributed and not dist.is_initialized():
+    joined_here = distributed and not dist.is_initialized()
+    if joined_here:
         backend = "nccl" if torch.cuda.is_available() and str(device) != "cpu" else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if distributed else 0
@@ -461,6 +462,10 @@ def train(
         save_model(model, out_path)
     if distributed:
         dist.barrier()
+    if joined_here:
+        # leave the group before the interpreter exits: gloo's threads torn down at exit
+        # instead abort a rank now and then ("terminate called without an active exception")
+        dist.destroy_process_group()
     return TrainResult(model, state.history, seconds, rows_done * world / max(seconds, 1e-9))
 
 
