@@ -82,6 +82,30 @@ def _mesh_config(args: argparse.Namespace):
     return MeshConfig(resolution=args.resolution, normals=args.normals, method=args.mesh_method)
 
 
+_NEAREST_HELP = "nearest training codes screened as extra starts (override the preset's; 0: off, faster)"
+_EXTENT_HELP = (
+    "quantile of the scan's points that sets its extent, the start of the scale search (default 1: the "
+    "largest; 0.999 helped three-view scans and hurt one-view scans, docs/quality/completion.md)"
+)
+_POLISH_HELP = (
+    "rounds of translation polish after an estimated placement (default 0: off; 2 helped one-view scans "
+    "without outliers and hurt three-view scans with outliers, docs/quality/completion.md)"
+)
+
+
+def _add_placement_args(p: argparse.ArgumentParser) -> None:
+    """Options of the unknown-placement fit shared by ``reconstruct`` and ``evaluate-completion``."""
+    p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
+    p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
+    p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
+
+
+def _placement_config(args: argparse.Namespace, **fields: object):
+    from .placement import PlacementConfig
+
+    return PlacementConfig(offset_rounds=args.offset_polish, extent_quantile=args.extent_quantile, **fields)
+
+
 def _open(args: argparse.Namespace):
     from .model import open_model
 
@@ -175,17 +199,6 @@ def cmd_mesh(args: argparse.Namespace) -> int:
     return 0
 
 
-_NEAREST_HELP = "nearest training codes screened as extra starts (override the preset's; 0: off, faster)"
-_EXTENT_HELP = (
-    "quantile of the scan's points that sets its extent, the start of the scale search (default 1: the "
-    "largest; 0.999 helped three-view scans and hurt one-view scans, docs/quality/completion.md)"
-)
-_POLISH_HELP = (
-    "rounds of translation polish after an estimated placement (default 0: off; 2 helped one-view scans "
-    "without outliers and hurt three-view scans with outliers, docs/quality/completion.md)"
-)
-
-
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import extract_mesh, reconstruct
     from .fitting import fit_code, fit_preset
@@ -213,7 +226,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             mesh = extract_mesh(model, code, _mesh_config(args), None, progress)
         else:
             vertices, faces = load_geometry(args.input)
-            from .placement import PlacementConfig
 
             rec = reconstruct(
                 model,
@@ -223,11 +235,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 fit=fit,
                 mesh=_mesh_config(args),
                 sensor=args.sensor,
-                placement=None
-                if args.reference_normalization
-                else PlacementConfig(
-                    seed=args.seed, offset_rounds=args.offset_polish, extent_quantile=args.extent_quantile
-                ),
+                placement=None if args.reference_normalization else _placement_config(args, seed=args.seed),
                 on_progress=progress,
             )
             mesh, code, loss = rec.mesh, rec.code, rec.loss
@@ -445,7 +453,6 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
     from .completion_eval import CompletionEvalConfig, evaluate_completion
     from .fitting import fit_preset
     from .meshio import load_geometry
-    from .placement import PlacementConfig
 
     model = _open(args)
     files = _mesh_files(args.shapes)
@@ -473,10 +480,8 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
             model.device,
             **({"nearest_starts": args.nearest_starts} if args.nearest_starts is not None else {}),
         ),
-        placement=PlacementConfig(
-            offset_rounds=args.offset_polish,
-            extent_quantile=args.extent_quantile,
-            **({"iterations": args.placement_iterations} if args.placement_iterations else {}),
+        placement=_placement_config(
+            args, **({"iterations": args.placement_iterations} if args.placement_iterations else {})
         ),
         reference_fit=reference_fit,
         seed=args.seed,
@@ -592,9 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
-    p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
-    p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
-    p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
+    _add_placement_args(p)
     p.add_argument("--seed", type=int, default=0)
 
     p = add("generate", cmd_generate, "Sample new shapes from the model's code prior.")
@@ -709,9 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="skip the reference-style fit")
     p.add_argument("--reference-iterations", type=int, help="steps of the reference-style fit (default 800)")
     p.add_argument("--preset", default="default", help="fit preset for our fits (default default)")
-    p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
-    p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
-    p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
+    _add_placement_args(p)
     p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 200)")
     p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
     p.add_argument("--seed", type=int, default=0)

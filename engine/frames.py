@@ -15,21 +15,36 @@ RADIUS_MARGIN = 1.03
 """The reference divides by 1.03 x the largest vertex radius (shape within r ~ 0.971)."""
 
 
+def bounding_extent(points: np.ndarray, quantile: float = 1.0) -> tuple[np.ndarray, float]:
+    """``(centre (3,) float64, radius)``: the bounding box centre of ``points`` (n, 3), any
+    frame, and the largest distance of a point from it. quantile < 1: the box from that
+    quantile of the points per axis, the radius that quantile of the distances (a few
+    noisy or stray points then do not stretch the extent); 0.5 <= quantile <= 1.
+    """
+    v = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(v) == 0:
+        raise InputError("cannot normalise an empty point set")
+    if not np.isfinite(v).all():
+        raise InputError("the input has NaN or infinite coordinates")
+    q = float(quantile)
+    if not 0.5 <= q <= 1.0:
+        raise InputError(f"the extent quantile must be between 0.5 and 1, got {quantile}")
+    if q == 1.0:  # min / max: three times faster than the quantiles (large meshes)
+        centre = 0.5 * (v.min(axis=0) + v.max(axis=0))
+        return centre, float(np.linalg.norm(v - centre, axis=1).max())
+    centre = 0.5 * (np.quantile(v, 1.0 - q, axis=0) + np.quantile(v, q, axis=0))
+    return centre, float(np.quantile(np.linalg.norm(v - centre, axis=1), q))
+
+
 def reference_normalization(vertices: np.ndarray) -> tuple[np.ndarray, float]:
     """``(offset (3,), scale)`` centring the bounding box and fitting radius 1/1.03.
 
     vertices: (n, 3) float, original frame.
     """
-    v = np.asarray(vertices, np.float64).reshape(-1, 3)
-    if len(v) == 0:
-        raise InputError("cannot normalise an empty point set")
-    if not np.isfinite(v).all():
-        raise InputError("the input has NaN or infinite coordinates")
-    offset = -0.5 * (v.min(axis=0) + v.max(axis=0))
-    radius = float(np.linalg.norm(v + offset, axis=1).max())
+    centre, radius = bounding_extent(vertices)
     if radius <= 0:
         raise InputError("the input has no extent (all points coincide)")
-    return offset.astype(np.float32), float(1.0 / (RADIUS_MARGIN * radius))
+    return (-centre).astype(np.float32), float(1.0 / (RADIUS_MARGIN * radius))
 
 
 def to_model_frame(points: np.ndarray, offset: np.ndarray, scale: float) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .errors import InputError
-from .frames import RADIUS_MARGIN, rotation_y
+from .frames import RADIUS_MARGIN, bounding_extent, rotation_y
 from .model import ShapeModel
 from .observations import denoise_points, estimate_normals, outlier_mask
 from .progress import ProgressCallback, report
@@ -75,9 +75,9 @@ class PlacementConfig:
     thickness (noise makes parts look thick) and ended 9-46 % off; with 1.0 every
     case was within 2 %."""
     extent_quantile: float = 1.0
-    """The scan's extent (the start and anchor of the scale, :func:`scan_extent`) is its
-    bounding box centre and largest distance from it; below 1, that quantile of the points
-    per axis and of the distances, so a few noisy or stray points do not stretch it.
+    """The scan's extent (the start and anchor of the scale; :func:`engine.frames.bounding_extent`)
+    is its bounding box centre and largest distance from it; below 1, that quantile of the
+    points per axis and of the distances, so a few noisy or stray points do not stretch it.
     Measured on 29 training chairs' simulated scans (1 % noise, 5 % outliers): the largest
     distance makes the estimated object 1.3 % too large (std 1.7) from three views and
     0.5 % too small (std 1.8) from one; 0.999: -1.4 % (1.0) and -2.6 % (1.2). On the 16 held-out
@@ -178,20 +178,6 @@ class PlacementResult:
         return np.linalg.inv(self.input_to_model)
 
 
-def scan_extent(points: np.ndarray, quantile: float = 1.0) -> tuple[np.ndarray, float]:
-    """``(centre (3,), radius)`` of a scan: its bounding box centre and the largest distance
-    of a point from it. points: (n, 3), any frame. quantile < 1: the box from that quantile
-    of the points per axis, the radius that quantile of the distances (a few noisy or stray
-    points then do not stretch the extent)."""
-    pts = np.asarray(points, np.float64).reshape(-1, 3)
-    q = float(quantile)
-    if not 0.5 <= q <= 1.0:
-        raise InputError(f"the extent quantile must be between 0.5 and 1, got {quantile}")
-    lo, hi = np.quantile(pts, 1.0 - q, axis=0), np.quantile(pts, q, axis=0)
-    centre = 0.5 * (lo + hi)
-    return centre, float(np.quantile(np.linalg.norm(pts - centre, axis=1), q))
-
-
 def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
     """(b,) yaws -> (b, 3, 3) rotations about y."""
     c, s = torch.cos(yaw), torch.sin(yaw)
@@ -241,7 +227,7 @@ def fit_placement(
         normals = estimate_normals(pts, 16, sensors)
     nrm = np.asarray(normals, np.float64).reshape(-1, 3)
     nrm /= np.linalg.norm(nrm, axis=1, keepdims=True).clip(1e-12)
-    centre, radius = scan_extent(pts, config.extent_quantile)
+    centre, radius = bounding_extent(pts, config.extent_quantile)
     if radius <= 0:
         raise InputError("the scan has no extent")
     s0 = 1.0 / (RADIUS_MARGIN * radius)

@@ -372,7 +372,7 @@ def test_offset_polish_recovers_a_shifted_pose(tiny_model):
 
 
 def test_scan_extent_ignores_a_few_stray_points():
-    from engine.placement import scan_extent
+    from engine.frames import bounding_extent as scan_extent
 
     rng = np.random.default_rng(4)
     d = rng.standard_normal((20_000, 3))
