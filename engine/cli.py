@@ -485,6 +485,7 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         ),
         reference_fit=reference_fit,
         seed=args.seed,
+        repeats=args.repeats,
     )
     progress = TqdmProgress(not args.quiet)
     try:
@@ -716,8 +717,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement-iterations", type=int, help="steps of the placement search (default 200)")
     p.add_argument("--limit", type=int, default=0, help="only the first N shapes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="scans per shape and condition, each with its own view, noise and pose (default 1)",
+    )
     p.add_argument("--resolution", type=int, default=64, help="marching-cubes resolution (default 64)")
-    p.add_argument("--json", help="write summary and per-shape rows here")
+    p.add_argument("--json", help="write summary and per-case rows here")
     p.add_argument("--device", default="auto")
     return parser
 

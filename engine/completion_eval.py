@@ -23,6 +23,14 @@ start) — what DeepSDF's paper describes for its shape completion experiment.
 Scores: Chamfer (the reference definition: 30,000 samples, squared distances, both
 means summed), F-score at 0.01 and 0.02 (1 % and 2 % of the unit sphere's radius),
 all in the model frame.
+
+Repeats: each shape can be scanned several times per condition (``repeats``), each
+repeat with its own camera azimuth, noise, outliers, pose and fit seed (repeat 0 is
+the scan every earlier run used). Single completions of one shape move by several
+times with a percent of scale or a different noise draw, so a comparison of two
+methods needs many cases: the summary's ``vs_known_pose`` pairs each estimated-pose
+completion with the known-pose completion of the same scan, and gives a 95 %
+bootstrap interval that resamples shapes (with all their repeats).
 """
 
 from __future__ import annotations
@@ -94,6 +102,8 @@ class CompletionEvalConfig:
     offset_range: float = 2.0
     samples: int = 30_000
     seed: int = 0
+    repeats: int = 1
+    """Scans per shape and condition (see the module's note on repeats)."""
 
     def __post_init__(self) -> None:
         bad = set(self.poses) - set(POSES)
@@ -103,6 +113,8 @@ class CompletionEvalConfig:
             raise InputError("views must be at least 1")
         if any(n < 0 for n in self.noise) or any(not 0 <= o < 1 for o in self.outliers):
             raise InputError("noise must be >= 0 and outliers in [0, 1)")
+        if self.repeats < 1:
+            raise InputError("repeats must be at least 1")
 
     def conditions(self) -> list[Condition]:
         """Every condition of the grid, reference-style rows included."""
@@ -117,16 +129,19 @@ class CompletionEvalConfig:
 
 @dataclass
 class CompletionEvalResult:
-    """rows: one dict per (shape, condition): the condition's fields, ``shape``,
-    ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
+    """rows: one dict per (shape, repeat, condition): the condition's fields, ``shape``,
+    ``repeat``, ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
     ``scale_error`` (relative), ``yaw_error_degrees`` and ``offset_error`` (model units)."""
 
     rows: list[dict]
     config: dict
 
     def summary(self) -> list[dict]:
-        """Per condition: shape count, mean and median Chamfer, mean F-scores and seconds,
-        and the mean Chamfer relative to the same scans' known-pose (ours, same sensor) result."""
+        """Per condition: shape and case counts (shapes x repeats), mean and median Chamfer, mean
+        F-scores and seconds; for estimated poses ``vs_known_pose``, the mean Chamfer over
+        the mean of the same scans' known-pose (ours, same sensor) completions, on the
+        cases both completed, and ``vs_known_pose_ci`` its 95 % bootstrap interval
+        (shapes resampled); ``vs_reference`` likewise against the reference-style fit."""
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault(_key(r), []).append(r)
@@ -137,7 +152,8 @@ class CompletionEvalResult:
             entry = dict(zip(("views", "noise", "outliers", "pose", "sensor", "method"), k, strict=True))
             ok = ch[np.isfinite(ch)]
             entry.update(
-                shapes=len(rows),
+                shapes=len({r["shape"] for r in rows}),
+                cases=len(rows),
                 failed=int(len(ch) - len(ok)),
                 chamfer_mean=float(ok.mean()) if len(ok) else float("nan"),
                 chamfer_median=float(np.median(ok)) if len(ok) else float("nan"),
@@ -146,8 +162,10 @@ class CompletionEvalResult:
                 seconds=float(np.mean([r["seconds"] for r in rows])),
             )
             base = known.get((k[0], k[1], k[2], "known", k[4], "ours"))
-            if base is not None and k[5] == "ours":
-                entry["vs_known_pose"] = entry["chamfer_mean"] / float(np.nanmean([r["chamfer"] for r in base]))
+            if base is not None and k[5] == "ours" and k[3] != "known":
+                ratio, interval = paired_ratio(rows, base)
+                entry["vs_known_pose"] = ratio
+                entry["vs_known_pose_ci"] = interval
             ref = [v for kk, v in groups.items() if kk[:3] == k[:3] and kk[5] == "reference"]
             if ref:
                 entry["vs_reference"] = entry["chamfer_mean"] / float(np.nanmean([r["chamfer"] for r in ref[0]]))
@@ -157,17 +175,20 @@ class CompletionEvalResult:
     def table(self) -> str:
         """The summary as a Markdown table (Chamfer x 10^3)."""
         lines = [
-            "| method | views | noise | outliers | pose | sensor | shapes (failed) | Chamfer x1e3 mean / median "
-            "| F@1 % | F@2 % | vs known pose | vs reference-style | s |",
+            "| method | views | noise | outliers | pose | sensor | cases (failed) | Chamfer x1e3 mean / median "
+            "| F@1 % | F@2 % | vs known pose (95 % CI) | vs reference-style | s |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for e in self.summary():
-            vk = f"{e['vs_known_pose']:.2f}" if "vs_known_pose" in e else ""
+            vk = ""
+            if "vs_known_pose" in e:
+                lo, hi = e["vs_known_pose_ci"]
+                vk = f"{e['vs_known_pose']:.2f} ({lo:.2f}-{hi:.2f})"
             vr = f"{e['vs_reference']:.2f}" if "vs_reference" in e and e["method"] == "ours" else ""
             sensor = "" if e["method"] == "reference" else ("yes" if e["sensor"] else "no")
             lines.append(
                 f"| {e['method']} | {e['views']} | {e['noise']:g} | {e['outliers']:g} | {e['pose']} | {sensor} "
-                f"| {e['shapes']} ({e['failed']}) | {1e3 * e['chamfer_mean']:.2f} / {1e3 * e['chamfer_median']:.2f} "
+                f"| {e['cases']} ({e['failed']}) | {1e3 * e['chamfer_mean']:.2f} / {1e3 * e['chamfer_median']:.2f} "
                 f"| {e['f_0_01']:.3f} | {e['f_0_02']:.3f} | {vk} | {vr} | {e['seconds']:.1f} |"
             )
         return "\n".join(lines)
@@ -178,6 +199,40 @@ class CompletionEvalResult:
 
 def _key(r: dict) -> tuple:
     return (r["views"], r["noise"], r["outliers"], r["pose"], r["sensor"], r["method"])
+
+
+def paired_ratio(
+    rows: Sequence[dict], base: Sequence[dict], resamples: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """Mean Chamfer of ``rows`` over that of ``base`` on the cases (shape, repeat) both
+    completed, and a 95 % bootstrap interval of that ratio that resamples shapes (each
+    with all its repeats, since repeats of one shape are not independent). NaN when no
+    case pairs."""
+    ours = {(r["shape"], r.get("repeat", 0)): r["chamfer"] for r in rows}
+    theirs = {(r["shape"], r.get("repeat", 0)): r["chamfer"] for r in base}
+    cases = [c for c in ours if c in theirs and np.isfinite(ours[c]) and np.isfinite(theirs[c])]
+    if not cases:
+        return float("nan"), (float("nan"), float("nan"))
+    a = np.array([ours[c] for c in cases])
+    b = np.array([theirs[c] for c in cases])
+    shapes = sorted({c[0] for c in cases})
+    groups = [np.array([i for i, c in enumerate(cases) if c[0] == s]) for s in shapes]
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for j in range(resamples):
+        idx = np.concatenate([groups[g] for g in rng.integers(len(groups), size=len(groups))])
+        draws[j] = a[idx].sum() / max(b[idx].sum(), 1e-30)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(a.sum() / max(b.sum(), 1e-30)), (float(lo), float(hi))
+
+
+def case_seeds(seed: int, shape: int, repeat: int) -> tuple[np.random.Generator, int]:
+    """The azimuth generator and the integer seed (scan noise and outliers, the fits) of
+    one case; repeat 0 keeps the seeds of runs before repeats existed."""
+    if repeat == 0:
+        return np.random.default_rng([seed, shape]), seed + shape
+    state = np.random.SeedSequence([seed, shape, repeat]).generate_state(1)[0]
+    return np.random.default_rng([seed, shape, repeat]), int(state)
 
 
 def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_range: float) -> np.ndarray:
@@ -236,16 +291,16 @@ def evaluate_completion(
     if not shapes:
         raise InputError("no shapes to evaluate")
     conditions = config.conditions()
-    total = len(shapes) * len(conditions)
+    total = len(shapes) * config.repeats * len(conditions)
     done = 0
     rows: list[dict] = []
     mesh_cfg = MeshConfig(resolution=config.resolution)
-    for k, (name, vertices, faces) in enumerate(shapes):
+    for (k, (name, vertices, faces)), repeat in itertools.product(enumerate(shapes), range(config.repeats)):
         offset, scale = reference_normalization(vertices)
         local = to_model_frame(vertices, offset, scale)
         truth, _ = sample_surface(local, faces, config.samples, seed=config.seed + k)
         size = float(np.linalg.norm(local.max(axis=0) - local.min(axis=0)))
-        rng = np.random.default_rng([config.seed, k])
+        rng, case_seed = case_seeds(config.seed, k, repeat)
         azimuth = rng.uniform(0, 360)
         scans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         for cond in conditions:
@@ -261,19 +316,21 @@ def evaluate_completion(
                     )
                     for j in range(cond.views)
                 ]
-                scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=config.seed + k)
+                scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=case_seed)
                 scans[skey] = (scan.points, scan.sensors)
             points, sensors = scans[skey]
-            pose_rng = np.random.default_rng([config.seed, k, POSES.index(cond.pose), int(cond.sensor)])
+            pose_rng = np.random.default_rng(
+                [config.seed, k, POSES.index(cond.pose), int(cond.sensor)] + ([repeat] if repeat else [])
+            )
             m2i = random_pose(cond.pose, pose_rng, config.scale_range, config.offset_range)
             t0 = time.perf_counter()
             try:
-                mesh_model, extra = _complete(model, cond, points, sensors, m2i, config, mesh_cfg, k)
+                mesh_model, extra = _complete(model, cond, points, sensors, m2i, config, mesh_cfg, case_seed)
                 scores = _scores(mesh_model, truth, k)
             except NoSurfaceError:  # a failure: counted, kept out of the means
                 extra, scores = {}, {"chamfer": float("nan"), "f_0.01": 0.0, "f_0.02": 0.0, "failed": True}
             seconds = time.perf_counter() - t0
-            rows.append({"shape": name, **asdict(cond), **scores, "seconds": seconds, **extra})
+            rows.append({"shape": name, "repeat": repeat, **asdict(cond), **scores, "seconds": seconds, **extra})
             done += 1
             report(on_progress, done, total, f"{name}: {cond.label}")
     cfg = {
@@ -288,6 +345,8 @@ def evaluate_completion(
         "placement": asdict(config.placement),
         "model": model.identity,
         "shapes": [s[0] for s in shapes],
+        "repeats": config.repeats,
+        "seed": config.seed,
     }
     return CompletionEvalResult(rows, cfg)
 
@@ -300,9 +359,10 @@ def _complete(
     m2i: np.ndarray,
     config: CompletionEvalConfig,
     mesh_cfg: MeshConfig,
-    k: int,
+    seed: int,
 ) -> tuple[Mesh, dict]:
-    """One completion; returns the mesh in the model frame and pose errors (estimated poses)."""
+    """One completion (fits seeded with ``seed``); returns the mesh in the model frame and
+    pose errors (estimated poses)."""
     from . import api
 
     if cond.method == "reference":
@@ -314,11 +374,11 @@ def _complete(
         inp,
         None,
         known_frame=cond.pose == "known",
-        fit=replace(config.fit, seed=config.seed + k),
+        fit=replace(config.fit, seed=seed),
         mesh=mesh_cfg,
         observation=config.observation,
         sensor=sens if cond.sensor else None,
-        placement=replace(config.placement, seed=config.seed + k),
+        placement=replace(config.placement, seed=seed),
     )
     extra: dict = {}
     if cond.pose != "known":

@@ -160,3 +160,5 @@ def test_extent_quantile_option_reaches_the_placement():
     assert build_parser().parse_args(["reconstruct", *base, "--extent-quantile", "0.999"]).extent_quantile == 0.999
     args = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--extent-quantile", "0.998"])
     assert args.extent_quantile == 0.998
+    assert args.repeats == 1
+    assert build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--repeats", "3"]).repeats == 3

@@ -8,7 +8,7 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from engine.cli import main
-from engine.completion_eval import CompletionEvalConfig, random_pose
+from engine.completion_eval import CompletionEvalConfig, case_seeds, evaluate_completion, paired_ratio, random_pose
 from engine.errors import InputError
 from engine.observations import ObservationConfig, denoise_points, observations_from_points
 from tests.analytic import SHAPES, analytic_mesh
@@ -132,3 +132,57 @@ def test_evaluate_completion_reports_bad_input(tiny_model_file, tmp_path, capsys
     assert "point cloud" in capsys.readouterr().err
     assert main(["evaluate-completion", str(tiny_model_file), str(tmp_path / "missing.obj"), "-q"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_paired_ratio_pairs_cases_and_resamples_shapes():
+    def rows(values):
+        return [{"shape": s, "repeat": r, "chamfer": v} for (s, r), v in values.items()]
+
+    known = rows({("a", 0): 1.0, ("a", 1): 3.0, ("b", 0): 2.0, ("b", 1): 2.0, ("c", 0): 4.0})
+    # c's estimated-pose completion failed: it is left out on both sides
+    placed = rows({("a", 0): 2.0, ("a", 1): 2.0, ("b", 0): 3.0, ("b", 1): 1.0, ("c", 0): float("nan")})
+    ratio, (lo, hi) = paired_ratio(placed, known)
+    assert ratio == pytest.approx(8.0 / 8.0)
+    # resampling shapes: a alone gives 4/4, b alone 4/4, so every draw is 1
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
+    placed = rows({("a", 0): 2.0, ("a", 1): 6.0, ("b", 0): 2.0, ("b", 1): 2.0})
+    ratio, (lo, hi) = paired_ratio(placed, known)
+    assert ratio == pytest.approx(12.0 / 8.0)
+    # a's draws give 2, b's 1: the interval spans what the shapes disagree on
+    assert lo == pytest.approx(1.0) and hi == pytest.approx(2.0)
+    assert np.isnan(paired_ratio(placed, rows({("z", 0): 1.0}))[0])
+
+
+def test_repeats_draw_new_scans_and_keep_the_first():
+    # repeat 0 is the case every run before repeats used
+    rng, seed = case_seeds(3, 5, 0)
+    assert seed == 8 and rng.uniform() == np.random.default_rng([3, 5]).uniform()
+    seeds = {case_seeds(3, 5, r)[1] for r in range(4)}
+    assert len(seeds) == 4
+    assert case_seeds(3, 5, 2)[0].uniform() != case_seeds(3, 5, 1)[0].uniform()
+    with pytest.raises(InputError, match="repeats"):
+        CompletionEvalConfig(repeats=0)
+
+
+def test_evaluation_repeats_scan_each_shape_again(tiny_model):
+    from engine.fitting import fit_preset
+
+    v, f = analytic_mesh(SHAPES["capsule_pair"], 48)
+    config = CompletionEvalConfig(
+        views=(1,),
+        noise=(0.01,),
+        poses=("known",),
+        sensor=(True,),
+        reference=False,
+        resolution=32,
+        repeats=2,
+        fit=fit_preset("fast", iterations=100, nearest_starts=0),
+    )
+    result = evaluate_completion(tiny_model, [("capsule_pair", v, f)], config)
+    assert [r["repeat"] for r in result.rows] == [0, 1]
+    a, b = (r["chamfer"] for r in result.rows)
+    # two different scans of a training shape: both complete well, not identically
+    assert max(a, b) < 5e-3 and a != b
+    (entry,) = result.summary()
+    assert (entry["shapes"], entry["cases"]) == (1, 2) and entry["chamfer_mean"] == pytest.approx((a + b) / 2)
+    assert result.config["repeats"] == 2
