@@ -368,12 +368,14 @@ def refit_placement(
     code (L,), input_to_model (4, 4): the best hypothesis; alternatives: the others that
     reached the end (their own code and pose). Candidates:
 
-    * every hypothesis from its own code, and from its best nearest training code
-      (:func:`engine.fitting.screen_nearest`, ``fit.nearest_starts`` screened);
+    * every hypothesis from its best nearest training code
+      (:func:`engine.fitting.screen_nearest`, ``fit.nearest_starts`` screened), and from
+      its own code when ``placement.refit_searched_codes`` (or without nearest starts);
     * :func:`pose_variants` of the best pose, each screened from the mean training code
       and from the ``fit.nearest_starts`` training codes nearest the scan at that turn
       (``fit.screen_iterations`` steps, all as one batch); the ``placement.refit_variants``
-      variants with the lowest screened loss, each with its best start.
+      variants with the lowest screened loss, each with its best start, passing over a
+      variant that is already a candidate (the searched pose from the same start).
 
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
     and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
@@ -384,12 +386,28 @@ def refit_placement(
     obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
     to_ref = np.linalg.inv(ref)
     hypotheses = np.stack([ref] + [alt.input_to_model for alt in alternatives])
-    starts = [np.asarray(code, np.float32)] + [alt.code for alt in alternatives]
-    poses = list(hypotheses)
-    if fit.nearest_starts > 0 and fit.screen_iterations > 0:
+    starts: list[np.ndarray] = []
+    poses: list[np.ndarray] = []
+
+    def add(start: np.ndarray, pose: np.ndarray) -> bool:
+        """Add a candidate unless the same start at the same pose is already there."""
+        for s, p in zip(starts, poses, strict=True):
+            if np.allclose(s, start, rtol=0, atol=1e-4) and np.allclose(p, pose, rtol=0, atol=1e-9):
+                return False
+        starts.append(np.asarray(start, np.float32))
+        poses.append(np.asarray(pose, np.float64))
+        return True
+
+    near_hyp = fit.nearest_starts > 0 and fit.screen_iterations > 0
+    if placement.refit_searched_codes or not near_hyp:
+        for start, pose in zip(
+            [np.asarray(code, np.float32)] + [alt.code for alt in alternatives], hypotheses, strict=True
+        ):
+            add(start, pose)
+    if near_hyp:
         near = screen_nearest(model, obs, hypotheses @ to_ref, fit, scaled(on_progress, 0, 80, 1000))
-        starts.extend(near.codes)
-        poses.extend(hypotheses)
+        for start, pose in zip(near.codes, hypotheses, strict=True):
+            add(start, pose)
     if fit.screen_iterations > 0 and placement.refit_variants > 0:
         variants = pose_variants(ref, placement.variant_turns, placement.variant_scales)
         all_codes = model.codes.detach().cpu().numpy()
@@ -415,9 +433,12 @@ def refit_placement(
         )
         losses = screen.restart_losses.reshape(len(variants), k + 1)
         best_start = np.argmin(losses, axis=1)
-        for v in np.argsort(losses.min(axis=1))[: placement.refit_variants]:
-            starts.append(screen.codes[v * (k + 1) + best_start[v]])
-            poses.append(variants[v])
+        added = 0
+        for v in np.argsort(losses.min(axis=1)):
+            if added == placement.refit_variants:
+                break
+            # a variant at a searched pose from the same screened start is a candidate already
+            added += add(screen.codes[v * (k + 1) + best_start[v]], variants[v])
     stacked = np.stack(poses)
     rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
     final = fit_codes_posed(

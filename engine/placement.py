@@ -118,11 +118,13 @@ class PlacementConfig:
     refit's loss picked both."""
     refit_variants: int = 2
     """Variants kept after screening them (``FitConfig.screen_iterations`` steps from the
-    mean code and the nearest training codes; 0: no variants), each with its best start. Full refits: every searched hypothesis that reached the
-    end (from its own code) and these variants, each also from its best nearest training
-    code (``FitConfig.nearest_starts``); the lowest refit loss wins. Screened
-    codes start behind a searched one, so the two kinds are not ranked against each
-    other before the refit. Measured (three views): a sled whose search ended 90 degrees
+    mean code and the nearest training codes; 0: no variants), each with its best start;
+    a variant that is already a candidate (the searched pose from the same start) is
+    passed over for the next. Full refits: every searched hypothesis that reached the end
+    from its best nearest training code (``FitConfig.nearest_starts``; and from its own
+    code, see ``refit_searched_codes``) and these variants; the lowest refit loss wins.
+    Screened codes start behind a searched one, so the two kinds are not ranked against
+    each other before the refit. Measured (three views): a sled whose search ended 90 degrees
     off had the right yaw in its second hypothesis (refit loss 4.09e-3, Chamfer 3.3e-3)
     and in its second-best variant (4.14e-3, 4.0e-3), against 4.35e-3 (57.6e-3) for the
     searched best; one variant alone was not enough."""
@@ -144,6 +146,14 @@ class PlacementConfig:
     with the known pose (8.87 / 5.15); three views with 5 % outliers it made 10 of 16
     chairs worse (13.61 -> 14.70 / 7.36 -> 7.03; docs/quality/completion.md), so it is
     off until the loss can tell those shifts apart."""
+    refit_searched_codes: bool = False
+    """Also refit every searched hypothesis from the code the search gave it, besides its
+    best nearest training code (always refitted when ``FitConfig.nearest_starts`` is on;
+    without nearest starts the searched codes are always refitted). Off since session 8:
+    on the 16 held-out chairs (``fast``, CPU, eight candidates per chair captured and
+    scored) those candidates were the best of the pool for 2 of 32 scans; leaving
+    them out changed no winner from one view and bettered two from three views with
+    5 % outliers (3.06 -> 2.15, 62.3 -> 62.1 x 1e-3), with two refits fewer."""
     nearest_at_variants: bool = True
     """Screen the nearest training codes (``FitConfig.nearest_starts``) at every pose
     variant too, not only the mean code (the hypotheses always get them)."""

@@ -386,3 +386,46 @@ def test_scan_extent_ignores_a_few_stray_points():
     assert np.allclose(centre, [5.0, -1.0, 3.0], atol=0.05) and 1.95 < radius < 2.01
     with pytest.raises(InputError, match="quantile"):
         scan_extent(sphere, 1.5)
+
+
+@pytest.mark.parametrize("searched_codes", [False, True])
+def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched_codes):
+    """The variant at the searched pose, screened from the same nearest code, is the
+    hypothesis' own nearest-code candidate: it is refitted once, not twice, and the
+    searched code joins the batch only when asked."""
+    import engine.api as api_module
+    from engine.api import refit_placement
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 48)
+    scan = simulate_scan(v, f, [orbit_camera(30, 25, 2.5)], noise=0.0, seed=2)
+    batches = []
+    real = api_module.fit_codes_posed
+
+    def spy(model, obs, poses, codes, config, *args, **kwargs):
+        batches.append((np.array(poses), np.array(codes)))
+        return real(model, obs, poses, codes, config, *args, **kwargs)
+
+    monkeypatch.setattr(api_module, "fit_codes_posed", spy)
+    searched = tiny_model.codes.detach().mean(0).numpy() + 0.05
+    placement = PlacementConfig(
+        variant_turns=(0.0, 180.0), variant_scales=(1.0,), refit_variants=2, refit_searched_codes=searched_codes
+    )
+    fit = FitConfig(iterations=30, screen_iterations=30, nearest_starts=1)
+    refit_placement(
+        tiny_model, searched, np.eye(4), [], scan.points, None, scan.sensors, placement, fit, ObservationConfig()
+    )
+    ((poses, codes),) = batches
+    pairs = [(i, j) for i in range(len(codes)) for j in range(i + 1, len(codes))]
+    assert not [
+        (i, j) for i, j in pairs if np.allclose(poses[i], poses[j]) and np.allclose(codes[i], codes[j], atol=1e-4)
+    ]
+    # the searched code (at the searched pose) is in the batch exactly when asked for
+    has_searched = any(np.allclose(c, searched) and np.allclose(p, np.eye(4)) for p, c in zip(poses, codes, strict=True))
+    assert has_searched == searched_codes
+    # the hypothesis' nearest code, and the turned variant: both there
+    assert sum(np.allclose(p, np.eye(4)) for p in poses) >= 1
+    assert any(np.allclose(p[:3, :3], np.diag([-1.0, 1.0, -1.0]), atol=1e-9) for p in poses)
+    assert len(codes) <= 3 + searched_codes
