@@ -423,7 +423,9 @@ def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched
         (i, j) for i, j in pairs if np.allclose(poses[i], poses[j]) and np.allclose(codes[i], codes[j], atol=1e-4)
     ]
     # the searched code (at the searched pose) is in the batch exactly when asked for
-    has_searched = any(np.allclose(c, searched) and np.allclose(p, np.eye(4)) for p, c in zip(poses, codes, strict=True))
+    has_searched = any(
+        np.allclose(c, searched) and np.allclose(p, np.eye(4)) for p, c in zip(poses, codes, strict=True)
+    )
     assert has_searched == searched_codes
     # the hypothesis' nearest code, and the turned variant: both there
     assert sum(np.allclose(p, np.eye(4)) for p in poses) >= 1
