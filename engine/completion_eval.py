@@ -141,7 +141,8 @@ class CompletionEvalResult:
         F-scores and seconds; for estimated poses ``vs_known_pose``, the mean Chamfer over
         the mean of the same scans' known-pose (ours, same sensor) completions, on the
         cases both completed, and ``vs_known_pose_ci`` its 95 % bootstrap interval
-        (shapes resampled); ``vs_reference`` likewise against the reference-style fit."""
+        (shapes resampled); ``vs_reference``, the mean Chamfer over the reference-style
+        fit's mean on the same scans (no interval)."""
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault(_key(r), []).append(r)
