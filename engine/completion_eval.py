@@ -296,44 +296,46 @@ def evaluate_completion(
     done = 0
     rows: list[dict] = []
     mesh_cfg = MeshConfig(resolution=config.resolution)
-    for (k, (name, vertices, faces)), repeat in itertools.product(enumerate(shapes), range(config.repeats)):
+    for k, (name, vertices, faces) in enumerate(shapes):
         offset, scale = reference_normalization(vertices)
         local = to_model_frame(vertices, offset, scale)
         truth, _ = sample_surface(local, faces, config.samples, seed=config.seed + k)
         size = float(np.linalg.norm(local.max(axis=0) - local.min(axis=0)))
-        rng, case_seed = case_seeds(config.seed, k, repeat)
-        azimuth = rng.uniform(0, 360)
-        scans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        for cond in conditions:
-            skey = (cond.views, cond.noise, cond.outliers)
-            if skey not in scans:
-                cams = [
-                    orbit_camera(
-                        azimuth + 120 * j,
-                        config.elevation,
-                        config.distance,
-                        width=config.camera_width,
-                        height=config.camera_height,
-                    )
-                    for j in range(cond.views)
-                ]
-                scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=case_seed)
-                scans[skey] = (scan.points, scan.sensors)
-            points, sensors = scans[skey]
-            pose_rng = np.random.default_rng(
-                [config.seed, k, POSES.index(cond.pose), int(cond.sensor)] + ([repeat] if repeat else [])
-            )
-            m2i = random_pose(cond.pose, pose_rng, config.scale_range, config.offset_range)
-            t0 = time.perf_counter()
-            try:
-                mesh_model, extra = _complete(model, cond, points, sensors, m2i, config, mesh_cfg, case_seed)
-                scores = _scores(mesh_model, truth, k)
-            except NoSurfaceError:  # a failure: counted, kept out of the means
-                extra, scores = {}, {"chamfer": float("nan"), "f_0.01": 0.0, "f_0.02": 0.0, "failed": True}
-            seconds = time.perf_counter() - t0
-            rows.append({"shape": name, "repeat": repeat, **asdict(cond), **scores, "seconds": seconds, **extra})
-            done += 1
-            report(on_progress, done, total, f"{name}: {cond.label}")
+        for repeat in range(config.repeats):
+            rng, case_seed = case_seeds(config.seed, k, repeat)
+            azimuth = rng.uniform(0, 360)
+            scans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+            for cond in conditions:
+                skey = (cond.views, cond.noise, cond.outliers)
+                if skey not in scans:
+                    cams = [
+                        orbit_camera(
+                            azimuth + 120 * j,
+                            config.elevation,
+                            config.distance,
+                            width=config.camera_width,
+                            height=config.camera_height,
+                        )
+                        for j in range(cond.views)
+                    ]
+                    scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=case_seed)
+                    scans[skey] = (scan.points, scan.sensors)
+                points, sensors = scans[skey]
+                pose_rng = np.random.default_rng(
+                    [config.seed, k, POSES.index(cond.pose), int(cond.sensor)] + ([repeat] if repeat else [])
+                )
+                m2i = random_pose(cond.pose, pose_rng, config.scale_range, config.offset_range)
+                t0 = time.perf_counter()
+                try:
+                    mesh_model, extra = _complete(model, cond, points, sensors, m2i, config, mesh_cfg, case_seed)
+                    scores = _scores(mesh_model, truth, k)
+                except NoSurfaceError:  # a failure: counted, kept out of the means
+                    extra, scores = {}, {"chamfer": float("nan"), "f_0.01": 0.0, "f_0.02": 0.0, "failed": True}
+                seconds = time.perf_counter() - t0
+                rows.append({"shape": name, "repeat": repeat, **asdict(cond), **scores, "seconds": seconds, **extra})
+                done += 1
+                report(on_progress, done, total, f"{name}: {cond.label}")
+
     cfg = {
         "views": list(config.views),
         "noise": list(config.noise),
