@@ -3,10 +3,10 @@
     python benchmarks/bench_completion.py --device cpu --repeats 1 --json bench_out/completion.json
 
 Completes the bundled example scan (``examples/scan_chair.ply``; its vertices as a point
-cloud, the depth grid's faces left out, with its sensor position) with the bundled chairs model, the way ``reconstruct`` does (``auto``
-preset, 128^3 mesh), once per repeat under each setting, in turns so that machine load
-drifts hit all alike: ``default`` (the shipped ``PlacementConfig``) and each named
-override. Prints seconds per setting, the ratio to ``default``, and each setting's refit
+cloud, the depth grid's faces left out, with its sensor position) with the bundled
+chairs model, the way ``reconstruct`` does (``auto`` preset, 128^3 mesh), once per
+repeat under each setting, in turns so that machine load drifts hit all alike:
+``default`` (the shipped ``PlacementConfig``) and each named override. Prints seconds per setting, the ratio to ``default``, and each setting's refit
 loss (the same loss means the same winner). A warm-up completion runs first.
 """
 

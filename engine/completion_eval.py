@@ -275,6 +275,30 @@ def reference_style_fit(
     return fit_code(model, obs, config.reference_fit).code
 
 
+def _simulate(
+    local: np.ndarray,
+    faces: np.ndarray,
+    cond: Condition,
+    azimuth: float,
+    noise: float,
+    seed: int,
+    config: CompletionEvalConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated scan of a shape (``local`` (n, 3), model frame) from ``cond.views``
+    cameras 120 degrees apart from ``azimuth``: ``(points (m, 3), sensors (m, 3))``,
+    model frame; ``noise`` in model units."""
+    from .scan import orbit_camera, simulate_scan
+
+    cams = [
+        orbit_camera(
+            azimuth + 120 * j, config.elevation, config.distance, width=config.camera_width, height=config.camera_height
+        )
+        for j in range(cond.views)
+    ]
+    scan = simulate_scan(local, faces, cams, noise, cond.outliers, seed=seed)
+    return scan.points, scan.sensors
+
+
 def evaluate_completion(
     model: ShapeModel,
     shapes: Sequence[tuple[str, np.ndarray, np.ndarray]],
@@ -287,7 +311,6 @@ def evaluate_completion(
     """
     from .errors import NoSurfaceError
     from .metrics import sample_surface
-    from .scan import orbit_camera, simulate_scan
 
     if not shapes:
         raise InputError("no shapes to evaluate")
@@ -307,19 +330,8 @@ def evaluate_completion(
             scans: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
             for cond in conditions:
                 skey = (cond.views, cond.noise, cond.outliers)
-                if skey not in scans:
-                    cams = [
-                        orbit_camera(
-                            azimuth + 120 * j,
-                            config.elevation,
-                            config.distance,
-                            width=config.camera_width,
-                            height=config.camera_height,
-                        )
-                        for j in range(cond.views)
-                    ]
-                    scan = simulate_scan(local, faces, cams, cond.noise * size, cond.outliers, seed=case_seed)
-                    scans[skey] = (scan.points, scan.sensors)
+                if skey not in scans:  # one scan per (views, noise, outliers), shared by the poses
+                    scans[skey] = _simulate(local, faces, cond, azimuth, cond.noise * size, case_seed, config)
                 points, sensors = scans[skey]
                 pose_rng = np.random.default_rng(
                     [config.seed, k, POSES.index(cond.pose), int(cond.sensor)] + ([repeat] if repeat else [])
