@@ -16,7 +16,8 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -139,11 +140,25 @@ class Reconstruction:
     model_to_input: np.ndarray
     loss: float
     mode: str
+    alternatives: list[Reconstruction] = field(default_factory=list)
+    """The next-best *distinct* completions (``reconstruct(..., alternatives=k)``), lowest
+    loss first, each a :class:`Reconstruction` in the input's frame like this one. A
+    partial scan is often explained about equally well by several shapes (the unobserved
+    part is invented); these are the other shapes the fit found, for a person to choose
+    from (docs/quality/completion.md: the loss picks a worse invention in some scans)."""
 
     @property
     def scale(self) -> float:
         """Model units per input unit."""
         return float(1.0 / np.cbrt(abs(np.linalg.det(self.model_to_input[:3, :3]))))
+
+
+class Candidate(NamedTuple):
+    """One fitted candidate of a scan: code (L,) float32, input_to_model (4, 4), loss."""
+
+    code: np.ndarray
+    input_to_model: np.ndarray
+    loss: float
 
 
 def reconstruct(
@@ -157,6 +172,7 @@ def reconstruct(
     sensor: np.ndarray | None = None,
     placement: PlacementConfig | None = PlacementConfig(),
     on_progress: ProgressCallback | None = None,
+    alternatives: int = 0,
 ) -> Reconstruction:
     """Fit a code to a mesh or point cloud (a scan) and mesh it, in the input's frame.
 
@@ -170,12 +186,18 @@ def reconstruct(
       from several yaw hypotheses (:mod:`placement`) — for partial scans anywhere;
     * ``placement=None``: the reference's normalisation of the input (bounding-box
       centre, radius 1/1.03) — for complete, upright inputs.
+
+    alternatives: also mesh up to this many of the other fitted candidates whose shapes
+    differ from the winner's and from each other (:func:`distinct_candidates`), in
+    ``Reconstruction.alternatives``; fewer when the fit found fewer distinct shapes.
     """
     vertices = np.asarray(vertices, np.float32).reshape(-1, 3)
     if len(vertices) == 0:
         raise InputError("the input has no vertices")
     if not np.isfinite(vertices).all():
         raise InputError("the input has NaN or infinite coordinates")
+    if alternatives < 0:
+        raise InputError(f"alternatives must be 0 or more, got {alternatives}")
     is_mesh = faces is not None and len(faces) > 0
     sensors = _sensors(sensor, len(vertices), is_mesh)
     total = 1000
@@ -206,8 +228,9 @@ def reconstruct(
             scaled(on_progress, 400, 50, total),
             loss=result.loss,
         )
+        candidates = [Candidate(code, i2m, loss)]
         if placement.refit_iterations > 0:
-            code, i2m, loss = refit_placement(
+            code, i2m, loss, candidates = refit_placement(
                 model,
                 code,
                 i2m,
@@ -220,12 +243,9 @@ def reconstruct(
                 observation,
                 scaled(on_progress, 450, 400, total),
             )
-        out = extract_mesh(model, code, mesh, None, scaled(on_progress, 850, 150, total))
-        m2i = np.linalg.inv(i2m)
-        placed = out.apply_matrix(m2i)
-        unit = float(np.cbrt(abs(np.linalg.det(m2i[:3, :3]))))
-        placed.vertex_values["confidence"] = observation_confidence(placed.vertices, pts, unit)
-        return Reconstruction(placed, code, m2i, loss, "placement")
+        return _meshed(
+            model, Candidate(code, i2m, loss), candidates, alternatives, "placement", mesh, pts, on_progress, 850
+        )
     if known_frame:
         offset, scale = np.zeros(3, np.float32), 1.0
     else:
@@ -237,15 +257,95 @@ def reconstruct(
             local, faces, observation, seed=fit.seed, sensor=None if sensor_local is None else sensor_local[0]
         )
     else:
-        obs = observations_from_points(local, sensor=sensor_local, config=observation, seed=fit.seed)
+        one = sensor_local is not None and sensors.ndim == 1  # one scanner for the whole cloud
+        obs = observations_from_points(
+            local, sensor=sensor_local[0] if one else sensor_local, config=observation, seed=fit.seed
+        )
     result = fit_code(model, obs, fit, scaled(on_progress, 0, 600, total))
-    out = extract_mesh(model, result.code, mesh, None, scaled(on_progress, 600, 400, total))
-    m2i = np.eye(4)
-    m2i[:3, :3] /= scale
-    m2i[:3, 3] = -offset
-    placed = out.apply_matrix(m2i)
-    placed.vertex_values["confidence"] = observation_confidence(placed.vertices, vertices, 1.0 / scale)
-    return Reconstruction(placed, result.code, m2i, result.loss, "known" if known_frame else "reference")
+    i2m = np.eye(4)
+    i2m[:3, :3] *= scale
+    i2m[:3, 3] = np.asarray(offset, np.float64) * scale
+    candidates = [Candidate(c, i2m, float(v)) for c, v in zip(result.codes, result.restart_losses, strict=True)]
+    return _meshed(
+        model,
+        Candidate(result.code, i2m, result.loss),
+        candidates,
+        alternatives,
+        "known" if known_frame else "reference",
+        mesh,
+        vertices,
+        on_progress,
+        600,
+    )
+
+
+def _meshed(
+    model: ShapeModel,
+    winner: Candidate,
+    candidates: Sequence[Candidate],
+    alternatives: int,
+    mode: str,
+    mesh: MeshConfig,
+    observed: np.ndarray,
+    on_progress: ProgressCallback | None,
+    start: int,
+) -> Reconstruction:
+    """The winner (and up to ``alternatives`` distinct other candidates) meshed in the
+    input's frame with per-vertex confidence; progress from ``start`` of 1000 to the end.
+    observed: (n, 3) the scan's points, input frame."""
+    others = distinct_candidates(model, winner, candidates, alternatives) if alternatives else []
+    share = (1000 - start) // (1 + len(others))
+    out = []
+    for j, cand in enumerate([winner, *others]):
+        m2i = np.linalg.inv(np.asarray(cand.input_to_model, np.float64))
+        placed = extract_mesh(model, cand.code, mesh, None, scaled(on_progress, start + j * share, share, 1000))
+        placed = placed.apply_matrix(m2i)
+        unit = float(np.cbrt(abs(np.linalg.det(m2i[:3, :3]))))
+        placed.vertex_values["confidence"] = observation_confidence(placed.vertices, observed, unit)
+        out.append(Reconstruction(placed, np.asarray(cand.code, np.float32), m2i, float(cand.loss), mode))
+    out[0].alternatives = out[1:]
+    return out[0]
+
+
+def distinct_candidates(
+    model: ShapeModel,
+    winner: Candidate,
+    candidates: Sequence[Candidate],
+    count: int,
+    max_iou: float = 0.8,
+    probes: int = 32_768,
+    seed: int = 0,
+) -> list[Candidate]:
+    """Up to ``count`` of ``candidates``, lowest loss first, whose shapes differ from the
+    winner's and from each other's: the intersection over union of their solids, placed in
+    the input's frame, at most ``max_iou``.
+
+    Solids are compared on ``probes`` seeded points uniform in the cube around the winner's
+    model-frame unit sphere, mapped into the input frame and from there into each
+    candidate's model frame (so candidates at different poses compare where they land).
+    Candidates without inside probes (no surface) are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    cube = rng.uniform(-1.0, 1.0, (probes, 3))
+    probes_input = apply_matrix(np.linalg.inv(np.asarray(winner.input_to_model, np.float64)), cube)
+
+    def solid(cand: Candidate) -> np.ndarray:
+        local = apply_matrix(np.asarray(cand.input_to_model, np.float64), probes_input)
+        return evaluate_sdf(model, cand.code, local.astype(np.float32)) < 0
+
+    kept: list[np.ndarray] = [solid(winner)]
+    out: list[Candidate] = []
+    for cand in sorted(candidates, key=lambda c: c.loss):
+        if len(out) == count:
+            break
+        inside = solid(cand)
+        if not inside.any():
+            continue
+        ious = [(inside & k).sum() / max((inside | k).sum(), 1) for k in kept]
+        if max(ious) <= max_iou:
+            kept.append(inside)
+            out.append(cand)
+    return out
 
 
 def renormalize(
@@ -380,7 +480,8 @@ def refit_placement(
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
     and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
     ``placement.offset_rounds`` times). points, normals, sensors: (n, 3), input frame. Returns
-    ``(code (L,), input_to_model (4, 4), loss)``.
+    ``(code (L,), input_to_model (4, 4), loss, candidates)``, candidates: every refitted
+    :class:`Candidate` (before the polish), lowest loss first.
     """
     ref = np.asarray(input_to_model, np.float64)
     obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
@@ -449,14 +550,15 @@ def refit_placement(
         replace(fit, iterations=placement.refit_iterations),
         on_progress=scaled(on_progress, 300, 400 if rounds else 700, 1000),
     )
-    best = int(np.argmin(final.restart_losses))
-    code, pose, loss = final.codes[best], stacked[best], float(final.restart_losses[best])
+    order = np.argsort(final.restart_losses, kind="stable")
+    candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
+    code, pose, loss = candidates[0]
     span = 300 // max(rounds, 1)
     for r in range(rounds):
         code, pose, loss = polish_offset(
             model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, 700 + r * span, span, 1000)
         )
-    return code, pose, loss
+    return code, pose, loss, candidates
 
 
 def offset_grid(step: float, n: int) -> np.ndarray:
@@ -545,7 +647,9 @@ def fit_observations(
 
 
 __all__ = [
+    "Candidate",
     "Reconstruction",
+    "distinct_candidates",
     "evaluate_sdf",
     "extract_mesh",
     "fit_observations",

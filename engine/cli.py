@@ -218,8 +218,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     fit = fit_preset(args.preset, model.device, seed=args.seed, **overrides)
     progress = TqdmProgress(not args.quiet)
     t0 = time.perf_counter()
+    alternatives = []
     try:
         if Path(args.input).suffix.lower() == ".npz":
+            if args.alternatives:
+                raise InputError("--alternatives needs a mesh or point cloud, not SDF samples")
             obs = observations_from_sdf_samples(args.input)
             result = fit_code(model, obs, fit, progress)
             code, loss = result.code, result.loss
@@ -237,8 +240,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 sensor=args.sensor,
                 placement=None if args.reference_normalization else _placement_config(args, seed=args.seed),
                 on_progress=progress,
+                alternatives=args.alternatives,
             )
             mesh, code, loss = rec.mesh, rec.code, rec.loss
+            alternatives = rec.alternatives
     finally:
         progress.close()
     out = Path(args.out)
@@ -248,6 +253,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         f"{out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces; code -> {out.with_suffix('.npy')} "
         f"(fit loss {loss:.5f}, {time.perf_counter() - t0:.2f} s)"
     )
+    for j, alt in enumerate(alternatives, 1):
+        path = out.with_name(f"{out.stem}.alt{j}{out.suffix}")
+        save_mesh(path, alt.mesh)
+        np.save(path.with_suffix(".npy"), alt.code)
+        print(f"alternative {j}: {path} (fit loss {alt.loss:.5f}, {alt.loss / loss - 1:+.1%} against the result)")
+    if args.alternatives and len(alternatives) < args.alternatives:
+        print(f"{len(alternatives)} of {args.alternatives} alternatives: the fit found no other distinct shapes")
     return 0
 
 
@@ -486,6 +498,7 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
         reference_fit=reference_fit,
         seed=args.seed,
         repeats=args.repeats,
+        alternatives=args.alternatives,
     )
     progress = TqdmProgress(not args.quiet)
     try:
@@ -599,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
     p.add_argument("--restarts", type=int, help="override the preset's restarts")
     _add_placement_args(p)
+    p.add_argument(
+        "--alternatives",
+        type=int,
+        default=0,
+        help="also write up to N other completions whose shapes differ (OUT.alt1.ply, ...): a partial scan "
+        "often fits several shapes about equally well",
+    )
     p.add_argument("--seed", type=int, default=0)
 
     p = add("generate", cmd_generate, "Sample new shapes from the model's code prior.")
@@ -722,6 +742,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="scans per shape and condition, each with its own view, noise and pose (default 1)",
+    )
+    p.add_argument(
+        "--alternatives",
+        type=int,
+        default=0,
+        help="also score up to N distinct alternative completions per scan (the best shown; default 0)",
     )
     p.add_argument("--resolution", type=int, default=64, help="marching-cubes resolution (default 64)")
     p.add_argument("--json", help="write summary and per-case rows here")

@@ -124,6 +124,39 @@ def test_reconstruct_writes_mesh_and_code(tiny_model_file, tmp_path):
     assert abs(rec.bounds[1][0] - verts[:, 0].max()) < 0.05
 
 
+def test_reconstruct_writes_alternatives(tiny_model_file, tmp_path, capsys, monkeypatch):
+    """The other distinct shapes the fit found go beside the result, each with its code
+    (the patch and starts of test_alternatives_are_other_shapes_that_fit, which has several)."""
+    from dataclasses import replace
+
+    import engine.api
+    from tests.analytic import R
+
+    real = engine.api.reconstruct
+
+    def many_starts(*args, **kwargs):
+        kwargs["fit"] = replace(kwargs["fit"], init="nearest", restarts=3, nearest_starts=0, init_std=0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.api, "reconstruct", many_starts)
+    rng = np.random.default_rng(0)
+    xz = rng.uniform(-0.08, 0.08, (40, 2))
+    src = tmp_path / "patch.npy"
+    np.save(src, np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1).astype(np.float32))
+    out = tmp_path / "rec.ply"
+    args = ["reconstruct", "--model", tiny_model_file, "--input", src, "--out", out, "--known-frame"]
+    args += ["--sensor", f"{0.5 * R:g},3,0", "--iterations", 100, "--resolution", 40]
+    assert run(*args, "--alternatives", 2) == 0
+    printed = capsys.readouterr().out
+    alts = sorted(tmp_path.glob("rec.alt*.ply"))
+    assert 1 <= len(alts) <= 2 and printed.count("alternative ") == len(alts)
+    for path in alts:
+        assert np.load(path.with_suffix(".npy")).shape == (8,)
+        assert not np.array_equal(np.load(path.with_suffix(".npy")), np.load(tmp_path / "rec.npy"))
+        assert len(trimesh.load(path).faces) > 100
+    assert run(*args, "--alternatives", -1) == 1
+
+
 def test_errors_are_one_line_and_nonzero(tiny_model_file, tmp_path):
     cases = [
         ["mesh", "--model", tmp_path / "missing.dsdf", "--index", 0, "--out", tmp_path / "x.ply"],

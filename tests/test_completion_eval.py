@@ -96,6 +96,7 @@ def test_evaluate_completion_command_on_tiny_model(tiny_model_file, tmp_path, ca
         "--reference-iterations", "150",
         "--placement-iterations", "120",
         "--resolution", "40",
+        "--alternatives", "2",
         "--json", out,
         "-q",
     ]  # fmt: skip
@@ -123,6 +124,15 @@ def test_evaluate_completion_command_on_tiny_model(tiny_model_file, tmp_path, ca
     for e in data["summary"]:
         if e["method"] == "ours" and e["pose"] == "similarity":
             assert np.isfinite(e["vs_known_pose"]) and np.isfinite(e["vs_reference"])
+            assert e["best_vs_known_pose"] <= e["vs_known_pose"]
+    # alternatives: scored for our fits, the best shown never worse than the result
+    for r in rows:
+        if r["method"] == "ours":
+            assert len(r["alternatives_chamfer"]) <= 2
+            assert r["chamfer_best"] == min([r["chamfer"], *r["alternatives_chamfer"]])
+        else:
+            assert "alternatives_chamfer" not in r
+    assert "best shown" in table
 
 
 def test_evaluate_completion_reports_bad_input(tiny_model_file, tmp_path, capsys):
@@ -151,6 +161,27 @@ def test_paired_ratio_pairs_cases_and_resamples_shapes():
     # a's draws give 2, b's 1: the interval spans what the shapes disagree on
     assert lo == pytest.approx(1.0) and hi == pytest.approx(2.0)
     assert np.isnan(paired_ratio(placed, rows({("z", 0): 1.0}))[0])
+
+
+def test_summary_reports_the_best_shown_completion():
+    """With alternatives scored, the summary gives the mean of each case's best shown
+    completion and that mean against the known pose's own completions."""
+    from engine.completion_eval import CompletionEvalResult
+
+    cond = {"views": 1, "noise": 0.01, "outliers": 0.0, "sensor": True, "method": "ours"}
+    rows = []
+    for shape, known, placed, alts in (("a", 1.0, 4.0, [2.0, 5.0]), ("b", 3.0, 2.0, [])):
+        for pose, chamfer, others in (("known", known, []), ("similarity", placed, alts)):
+            rows.append(
+                {**cond, "shape": shape, "repeat": 0, "pose": pose, "chamfer": chamfer, "f_0.01": 0.0, "f_0.02": 0.0}
+                | {"seconds": 1.0, "alternatives_chamfer": others, "chamfer_best": min([chamfer, *others])}
+            )
+    result = CompletionEvalResult(rows, {})
+    entry = next(e for e in result.summary() if e["pose"] == "similarity")
+    assert entry["vs_known_pose"] == pytest.approx(6.0 / 4.0)
+    assert entry["chamfer_best_mean"] == pytest.approx((2.0 + 2.0) / 2)
+    assert entry["best_vs_known_pose"] == pytest.approx(4.0 / 4.0)
+    assert "best shown 2000.00 (1.00)" in result.table()
 
 
 def test_repeats_draw_new_scans_and_keep_the_first():

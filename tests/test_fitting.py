@@ -169,6 +169,59 @@ def test_partial_scan_in_unknown_placement(tiny_model):
     np.testing.assert_allclose(rec.mesh.vertices.max(0), truth.max(0), atol=0.1 * s)
 
 
+def test_alternatives_are_other_shapes_that_fit(tiny_model):
+    """A small flat patch that the box's top and a capsule's top both explain: the fit
+    returns the best shape and the other distinct ones, worse fitted, in the input's frame;
+    asking for them does not change the result. (A cloud with one sensor position, in the
+    known frame: that path once refused a (3,) sensor.)"""
+    from tests.analytic import BOX_HALF, R
+
+    rng = np.random.default_rng(0)
+    xz = rng.uniform(-0.08, 0.08, (40, 2))
+    pts = np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1).astype(np.float32)
+    fit = FitConfig(init="nearest", restarts=3, nearest_starts=0, iterations=100, init_std=0.3)
+    sensor = np.array([0.5 * R, 3.0, 0.0], np.float32)
+    kwargs = dict(known_frame=True, fit=fit, mesh=MeshConfig(resolution=40), sensor=sensor)
+    rec = reconstruct(tiny_model, pts, None, alternatives=2, **kwargs)
+    assert 1 <= len(rec.alternatives) <= 2
+    np.testing.assert_array_equal(rec.code, reconstruct(tiny_model, pts, None, **kwargs).code)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    solids = [evaluate_sdf(tiny_model, r.code, grid) < 0 for r in (rec, *rec.alternatives)]
+    for j, alt in enumerate(rec.alternatives, 1):
+        assert alt.loss >= rec.loss and alt.mode == "known" and not alt.alternatives
+        assert "confidence" in alt.mesh.vertex_values and len(alt.mesh.faces) > 100
+        for k in range(j):  # differs from the result and from the alternatives before it
+            iou = (solids[j] & solids[k]).sum() / (solids[j] | solids[k]).sum()
+            assert iou <= 0.85, iou
+    assert reconstruct(tiny_model, pts, None, **kwargs).alternatives == []
+    with pytest.raises(InputError, match="alternatives"):
+        reconstruct(tiny_model, pts, None, alternatives=-1, **kwargs)
+
+
+def test_distinct_candidates_skip_the_same_shape(tiny_model):
+    """Candidates are kept lowest loss first when their solids, placed in the input frame,
+    overlap the winner's and each other's by an IoU of at most 0.8."""
+    from engine.api import Candidate, distinct_candidates
+
+    codes = tiny_model.codes.detach().numpy()
+    sphere, box, capsules = (codes[NAMES.index(n)] for n in ("sphere", "box", "capsule_pair"))
+    eye, nudged, half = np.eye(4), np.eye(4), 2.0 * np.eye(4)
+    nudged[:3, 3] = 0.01
+    half[3, 3] = 1.0  # the sphere half as large in the input frame: an eighth of the volume (IoU 0.125)
+    winner = Candidate(sphere, eye, 1.0)
+    candidates = [
+        Candidate(sphere, eye, 1.0),  # the winner itself
+        Candidate(sphere, nudged, 1.1),  # the same sphere a hundredth off
+        Candidate(capsules, eye, 1.5),
+        Candidate(box, eye, 1.2),
+        Candidate(sphere, half, 1.3),  # the same code at another scale is another shape here
+    ]
+    kept = distinct_candidates(tiny_model, winner, candidates, count=5)
+    assert [c.loss for c in kept] == [1.2, 1.3, 1.5]
+    assert distinct_candidates(tiny_model, winner, candidates, count=1)[0].loss == 1.2
+    assert distinct_candidates(tiny_model, winner, candidates[:2], count=3) == []
+
+
 def test_refit_at_a_found_pose_recovers_the_shape(tiny_model):
     """The refit after the placement search: the scan mapped by a pose, fitted with the
     known-pose observations from a start code, lands on the shape."""
@@ -321,10 +374,15 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
         variant_turns=(0, 90, 180, 270), variant_scales=(1 / 1.04, 1.0), refit_variants=1, offset_rounds=1
     )
     fit = FitConfig(iterations=100, screen_iterations=60)
-    code, i2m, loss = refit_placement(
+    code, i2m, loss, candidates = refit_placement(
         tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
     )
     assert np.isfinite(loss)
+    # every refitted candidate comes back, lowest loss first (the alternatives a user can pick)
+    losses = [c.loss for c in candidates]
+    assert (
+        len(candidates) >= 2 and losses == sorted(losses) and all(c.input_to_model.shape == (4, 4) for c in candidates)
+    )
     rel = i2m[:3, :3] @ m2i[:3, :3]  # the identity up to scale when the turn is right
     rel /= np.cbrt(np.linalg.det(rel))
     np.testing.assert_allclose(rel, np.eye(3), atol=0.02)
