@@ -221,6 +221,14 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         description="The scene's camera is where the scan was taken from: free space towards it is known to be empty",
         default=False,
     )
+    alternatives: IntProperty(
+        name="Alternatives",
+        description="Also add up to this many other completions whose shapes differ (hidden, over the scan): "
+        "a partial scan often fits several shapes about equally well, and the unseen part is invented",
+        default=0,
+        min=0,
+        max=5,
+    )
 
     @classmethod
     def poll(cls, context):
@@ -259,26 +267,46 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         params = {**_common(context), "scans": scans, "resolution": self.resolution, "preset": self.quality}
         params["placement"] = self.placement
         params["normals"] = self.normals
+        params["alternatives"] = self.alternatives
         return "complete", params, workdir
 
     def apply(self, context, result):
-        maps, placements, names, collections = [], [], [], []
+        # every shape to add: the completions, then their alternatives (each with its own placement)
+        shapes, maps, placements, names, collections, alternative = [], [], [], [], [], []
         for name, shape in zip(self._sources, result["shapes"], strict=True):
             src = bpy.data.objects.get(name)
             if src is None:
                 raise InputProblem(f"'{name}' was deleted while it was being completed.")
             world = np.array(src.matrix_world, np.float64)
-            to_world = MODEL_TO_BLENDER @ np.asarray(shape["model_to_input"], np.float64)
-            maps.append(np.linalg.inv(world) @ to_world)
-            placements.append(world)
-            names.append(f"{name} completed")
-            collections.append(src.users_collection[0] if src.users_collection else context.collection)
+            coll = src.users_collection[0] if src.users_collection else context.collection
+            labels = [f"{name} completed"]
+            labels += [f"{name} completed (alternative {j})" for j in range(1, len(shape.get("alternatives", [])) + 1)]
+            for j, (label, placed) in enumerate(zip(labels, [shape, *shape.get("alternatives", [])], strict=True)):
+                to_world = MODEL_TO_BLENDER @ np.asarray(placed["model_to_input"], np.float64)
+                shapes.append(placed)
+                maps.append(np.linalg.inv(world) @ to_world)
+                placements.append(world)
+                names.append(label)
+                collections.append(coll)
+                alternative.append(j > 0)
         settings = {"resolution": self.resolution, "fit": self.quality, "scans": self._sources}
-        objs = _shape_objects(context, result, "completed", settings, maps, names, placements)
-        for obj, coll in zip(objs, collections, strict=True):
+        everything = {"shapes": shapes, "model_identity": result.get("model_identity", "")}
+        objs = _shape_objects(context, everything, "completed", settings, maps, names, placements)
+        shown, hidden = [], []
+        for obj, coll, placed, alt in zip(objs, collections, shapes, alternative, strict=True):
             _link(context, obj, coll)
-        _select_only(context, objs)
-        return f"Completed {len(objs)} scan(s)." + (" " + "; ".join(self._notes) if self._notes else "")
+            obj["deepsdf_fit_loss"] = float(placed.get("loss", float("nan")))
+            if alt:
+                obj.hide_set(True)  # over the scan like the result: shown one at a time from the outliner
+            (hidden if alt else shown).append(obj)
+        _select_only(context, shown)
+        summary = f"Completed {len(shown)} scan(s)."
+        if self.alternatives:
+            summary += f" {len(hidden)} alternative(s) added hidden" + (
+                "" if len(hidden) == self.alternatives * len(shown) else " (the fit found no other distinct shapes)"
+            )
+            summary += "."
+        return summary + (" " + "; ".join(self._notes) if self._notes else "")
 
 
 class DEEPSDF_OT_generate(_EngineOperator, bpy.types.Operator):

@@ -35,6 +35,8 @@ class VIEW3D_PT_deepsdf(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"{obj.name}: {obj.get(PROP_KIND, 'DeepSDF')} shape", icon="INFO")
             box.label(text=f"code length {len(obj['deepsdf_code'])}, model {obj.get('deepsdf_model', '?')}")
+            if "deepsdf_fit_loss" in obj:  # completions and their alternatives: lower fits the scan better
+                box.label(text=f"fit loss {obj['deepsdf_fit_loss']:.3g}")
 
 
 class VIEW3D_MT_deepsdf(bpy.types.Menu):

@@ -180,6 +180,7 @@ class Worker:
         placement = PlacementConfig(**({"iterations": int(params["iterations"])} if params.get("iterations") else {}))
         mesh_cfg = MeshConfig(resolution=int(params.get("resolution", 128)), normals=bool(params.get("normals", False)))
         scans = params.get("scans") or []
+        alternatives = int(params.get("alternatives", 0))
         shapes = []
         for k, scan in enumerate(scans):
             rec = reconstruct(
@@ -192,20 +193,29 @@ class Worker:
                 sensor=None if scan.get("sensor") is None else np.asarray(scan["sensor"], np.float32),
                 placement=placement if mode == "estimate" else None,
                 on_progress=scaled(progress, k * 100, 100, len(scans) * 100),
+                alternatives=alternatives,
             )
-            # back to the model frame: the front end composes its own frame maps
-            local = rec.mesh.apply_matrix(np.linalg.inv(rec.model_to_input))
-            mesh_ref = self.mesh_ref(workdir, f"shape{k}", local)
-            mesh_ref["confidence"] = save_array(workdir, f"shape{k}_c", rec.mesh.vertex_values["confidence"])
-            shapes.append(
-                {
-                    "mesh": mesh_ref,
-                    "code": [float(x) for x in rec.code],
-                    "model_to_input": rec.model_to_input.tolist(),
-                    "loss": float(rec.loss),
-                }
-            )
+            shape = self.placed_shape(workdir, f"shape{k}", rec)
+            shape["alternatives"] = [
+                self.placed_shape(workdir, f"shape{k}_alt{j}", alt) for j, alt in enumerate(rec.alternatives)
+            ]
+            shapes.append(shape)
         return {"shapes": shapes, "model_identity": model.identity}
+
+    def placed_shape(self, workdir: str, name: str, rec) -> dict:
+        """A reconstruction for the front end: its mesh back in the model frame (the front
+        end composes its own frame maps), confidence, code, placement and loss."""
+        import numpy as np
+
+        local = rec.mesh.apply_matrix(np.linalg.inv(rec.model_to_input))
+        mesh_ref = self.mesh_ref(workdir, name, local)
+        mesh_ref["confidence"] = save_array(workdir, f"{name}_c", rec.mesh.vertex_values["confidence"])
+        return {
+            "mesh": mesh_ref,
+            "code": [float(x) for x in rec.code],
+            "model_to_input": rec.model_to_input.tolist(),
+            "loss": float(rec.loss),
+        }
 
     def op_generate(self, params, workdir, progress) -> dict:
         from .api import sample_codes

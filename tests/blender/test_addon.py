@@ -338,6 +338,36 @@ def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
     np.testing.assert_allclose(done.max(0), truth.max(0), atol=0.25)
 
 
+def test_complete_adds_distinct_alternatives_hidden(scene):
+    """A small flat patch that the tiny model's box and capsules both explain (the engine's
+    test_alternatives_are_other_shapes_that_fit): the best completion is shown and
+    selected, the other distinct shapes are added hidden over it, fitted worse."""
+    from tests.analytic import BOX_HALF, R
+
+    rng = np.random.default_rng(0)
+    xz = rng.uniform(-0.08, 0.08, (40, 2))
+    patch = np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1)
+    obj = _mesh_object("Patch", patch @ MODEL_TO_BLENDER[:3, :3].T, None)
+    before = _world_vertices(obj).copy()
+    _select(obj)
+    result, err = _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast", placement="known", alternatives=2)
+    assert result == {"FINISHED"}, err
+    done = bpy.data.objects["Patch completed"]
+    alts = [o for o in bpy.data.objects if o.name.startswith("Patch completed (alternative ")]
+    assert 1 <= len(alts) <= 2 and not done.hide_get() and done.select_get()
+    for alt in alts:
+        assert alt.hide_get() and not alt.select_get() and alt["deepsdf_kind"] == "completed"
+        assert alt["deepsdf_fit_loss"] >= done["deepsdf_fit_loss"]
+        assert list(alt["deepsdf_code"]) != list(done["deepsdf_code"]) and len(alt.data.polygons) > 100
+        assert alt.users_collection[0] == obj.users_collection[0]
+    np.testing.assert_array_equal(_world_vertices(obj), before)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    obj = _mesh_object("Patch", patch @ MODEL_TO_BLENDER[:3, :3].T, None)
+    _select(obj)
+    _run(bpy.ops.deepsdf.complete, resolution=32, quality="fast", placement="known")
+    assert [o.name for o in bpy.data.objects if o.name.startswith("Patch completed")] == ["Patch completed"]
+
+
 def test_zz_disable_and_uninstall(addon):
     import addon_utils
 
