@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, NoSurfaceError
 from .fitting import (
     FitConfig,
     FitResult,
@@ -298,7 +298,12 @@ def _meshed(
     out = []
     for j, cand in enumerate([winner, *others]):
         m2i = np.linalg.inv(np.asarray(cand.input_to_model, np.float64))
-        placed = extract_mesh(model, cand.code, mesh, None, scaled(on_progress, start + j * share, share, 1000))
+        try:
+            placed = extract_mesh(model, cand.code, mesh, None, scaled(on_progress, start + j * share, share, 1000))
+        except NoSurfaceError:
+            if j == 0:
+                raise
+            continue  # an alternative too thin for this grid is left out, not the whole result
         placed = placed.apply_matrix(m2i)
         unit = float(np.cbrt(abs(np.linalg.det(m2i[:3, :3]))))
         placed.vertex_values["confidence"] = observation_confidence(placed.vertices, observed, unit)
@@ -370,8 +375,6 @@ def renormalize(
     input frame. input_to_model: (4, 4). loss: the placed fit's loss, returned unchanged
     when no round runs. Returns ``(code (L,), input_to_model (4, 4), loss)``.
     """
-    from .errors import NoSurfaceError
-
     i2m = np.asarray(input_to_model, np.float64)
     rounds = placement.renormalize_rounds
     for r in range(rounds):

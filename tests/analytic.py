@@ -133,3 +133,11 @@ def train_tiny_model(steps: int = 600, seed: int = 0) -> ShapeModel:
         scales=np.ones(len(names), np.float32),
         info={"class_name": "analytic"},
     )
+
+
+def ambiguous_patch() -> np.ndarray:
+    """(40, 3) float32 model-frame points: a small flat patch on the box's top face, where
+    a capsule's top also lies, so the tiny model fits several distinct shapes to it."""
+    rng = np.random.default_rng(0)
+    xz = rng.uniform(-0.08, 0.08, (40, 2))
+    return np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1).astype(np.float32)

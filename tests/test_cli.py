@@ -130,7 +130,7 @@ def test_reconstruct_writes_alternatives(tiny_model_file, tmp_path, capsys, monk
     from dataclasses import replace
 
     import engine.api
-    from tests.analytic import R
+    from tests.analytic import ambiguous_patch
 
     real = engine.api.reconstruct
 
@@ -139,13 +139,11 @@ def test_reconstruct_writes_alternatives(tiny_model_file, tmp_path, capsys, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine.api, "reconstruct", many_starts)
-    rng = np.random.default_rng(0)
-    xz = rng.uniform(-0.08, 0.08, (40, 2))
     src = tmp_path / "patch.npy"
-    np.save(src, np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1).astype(np.float32))
+    np.save(src, ambiguous_patch())
     out = tmp_path / "rec.ply"
     args = ["reconstruct", "--model", tiny_model_file, "--input", src, "--out", out, "--known-frame"]
-    args += ["--sensor", f"{0.5 * R:g},3,0", "--iterations", 100, "--resolution", 40]
+    args += ["--sensor", "0.5,3,0", "--iterations", 100, "--resolution", 40]
     assert run(*args, "--alternatives", 2) == 0
     printed = capsys.readouterr().out
     alts = sorted(tmp_path.glob("rec.alt*.ply"))

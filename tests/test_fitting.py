@@ -9,7 +9,7 @@ from engine.errors import CancelledError, InputError
 from engine.fitting import FitConfig, Observations, code_losses, fit_code, fit_preset
 from engine.meshing import MeshConfig
 from engine.metrics import compare_meshes
-from tests.analytic import SHAPES, analytic_mesh, sdf_samples
+from tests.analytic import SHAPES, ambiguous_patch, analytic_mesh, sdf_samples
 
 NAMES = list(SHAPES)
 
@@ -174,13 +174,10 @@ def test_alternatives_are_other_shapes_that_fit(tiny_model):
     returns the best shape and the other distinct ones, worse fitted, in the input's frame;
     asking for them does not change the result. (A cloud with one sensor position, in the
     known frame: that path once refused a (3,) sensor.)"""
-    from tests.analytic import BOX_HALF, R
 
-    rng = np.random.default_rng(0)
-    xz = rng.uniform(-0.08, 0.08, (40, 2))
-    pts = np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1).astype(np.float32)
+    pts = ambiguous_patch()
     fit = FitConfig(init="nearest", restarts=3, nearest_starts=0, iterations=100, init_std=0.3)
-    sensor = np.array([0.5 * R, 3.0, 0.0], np.float32)
+    sensor = np.array([0.5, 3.0, 0.0], np.float32)  # above the patch
     kwargs = dict(known_frame=True, fit=fit, mesh=MeshConfig(resolution=40), sensor=sensor)
     rec = reconstruct(tiny_model, pts, None, alternatives=2, **kwargs)
     assert 1 <= len(rec.alternatives) <= 2
@@ -196,6 +193,32 @@ def test_alternatives_are_other_shapes_that_fit(tiny_model):
     assert reconstruct(tiny_model, pts, None, **kwargs).alternatives == []
     with pytest.raises(InputError, match="alternatives"):
         reconstruct(tiny_model, pts, None, alternatives=-1, **kwargs)
+
+
+def test_an_alternative_without_surface_is_left_out(tiny_model, monkeypatch):
+    """Only the result's own meshing failure fails the call; an alternative that meshes
+    to nothing at the grid's resolution is dropped."""
+    import engine.api
+    from engine.errors import NoSurfaceError
+
+    real, calls = engine.api.extract_mesh, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise NoSurfaceError("nothing at this resolution", "empty")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.api, "extract_mesh", second_fails)
+    pts = ambiguous_patch()
+    fit = FitConfig(init="nearest", restarts=3, nearest_starts=0, iterations=100, init_std=0.3)
+    kwargs = dict(known_frame=True, fit=fit, mesh=MeshConfig(resolution=32), alternatives=2)
+    rec = reconstruct(tiny_model, pts, None, **kwargs)
+    assert len(calls) >= 2 and len(rec.alternatives) == len(calls) - 2  # the first alternative was dropped
+    calls.clear()
+    calls.append(1)  # now the result's own meshing is the failing second call
+    with pytest.raises(NoSurfaceError):
+        reconstruct(tiny_model, pts, None, **kwargs)
 
 
 def test_distinct_candidates_skip_the_same_shape(tiny_model):

@@ -342,11 +342,9 @@ def test_complete_adds_distinct_alternatives_hidden(scene):
     """A small flat patch that the tiny model's box and capsules both explain (the engine's
     test_alternatives_are_other_shapes_that_fit): the best completion is shown and
     selected, the other distinct shapes are added hidden over it, fitted worse."""
-    from tests.analytic import BOX_HALF, R
+    from tests.analytic import ambiguous_patch
 
-    rng = np.random.default_rng(0)
-    xz = rng.uniform(-0.08, 0.08, (40, 2))
-    patch = np.stack([0.5 * R + xz[:, 0], np.full(40, BOX_HALF[1]), xz[:, 1]], 1)
+    patch = ambiguous_patch()
     obj = _mesh_object("Patch", patch @ MODEL_TO_BLENDER[:3, :3].T, None)
     before = _world_vertices(obj).copy()
     _select(obj)
