@@ -279,14 +279,12 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
                 raise InputProblem(f"'{name}' was deleted while it was being completed.")
             world = np.array(src.matrix_world, np.float64)
             coll = src.users_collection[0] if src.users_collection else context.collection
-            labels = [f"{name} completed"]
-            labels += [f"{name} completed (alternative {j})" for j in range(1, len(shape.get("alternatives", [])) + 1)]
-            for j, (label, placed) in enumerate(zip(labels, [shape, *shape.get("alternatives", [])], strict=True)):
+            for j, placed in enumerate([shape, *shape.get("alternatives", [])]):
                 to_world = MODEL_TO_BLENDER @ np.asarray(placed["model_to_input"], np.float64)
                 shapes.append(placed)
                 maps.append(np.linalg.inv(world) @ to_world)
                 placements.append(world)
-                names.append(label)
+                names.append(f"{name} completed" + (f" (alternative {j})" if j else ""))
                 collections.append(coll)
                 alternative.append(j > 0)
         settings = {"resolution": self.resolution, "fit": self.quality, "scans": self._sources}
@@ -302,10 +300,10 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         _select_only(context, shown)
         summary = f"Completed {len(shown)} scan(s)."
         if self.alternatives:
+            fewer = len(hidden) < self.alternatives * len(shown)
             summary += f" {len(hidden)} alternative(s) added hidden" + (
-                "" if len(hidden) == self.alternatives * len(shown) else " (the fit found no other distinct shapes)"
+                " (the fit found fewer distinct shapes)." if fewer else "."
             )
-            summary += "."
         return summary + (" " + "; ".join(self._notes) if self._notes else "")
 
 
