@@ -259,7 +259,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         np.save(path.with_suffix(".npy"), alt.code)
         print(f"alternative {j}: {path} (fit loss {alt.loss:.5f}, {alt.loss / loss - 1:+.1%} against the result)")
     if args.alternatives and len(alternatives) < args.alternatives:
-        print(f"{len(alternatives)} of {args.alternatives} alternatives: the fit found no other distinct shapes")
+        print(f"{len(alternatives)} of {args.alternatives} alternatives: the fit found no more distinct shapes")
     return 0
 
 

@@ -135,6 +135,11 @@ def train_tiny_model(steps: int = 600, seed: int = 0) -> ShapeModel:
     )
 
 
+AMBIGUOUS_STARTS = {"init": "nearest", "restarts": 3, "nearest_starts": 0, "init_std": 0.3}
+"""FitConfig fields for :func:`ambiguous_patch`: starts from each training shape, which
+then end as distinct shapes (the presets' starts mostly agree on the tiny model)."""
+
+
 def ambiguous_patch() -> np.ndarray:
     """(40, 3) float32 model-frame points: a small flat patch on the box's top face, where
     a capsule's top also lies, so the tiny model fits several distinct shapes to it."""

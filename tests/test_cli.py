@@ -130,12 +130,12 @@ def test_reconstruct_writes_alternatives(tiny_model_file, tmp_path, capsys, monk
     from dataclasses import replace
 
     import engine.api
-    from tests.analytic import ambiguous_patch
+    from tests.analytic import AMBIGUOUS_STARTS, ambiguous_patch
 
     real = engine.api.reconstruct
 
     def many_starts(*args, **kwargs):
-        kwargs["fit"] = replace(kwargs["fit"], init="nearest", restarts=3, nearest_starts=0, init_std=0.3)
+        kwargs["fit"] = replace(kwargs["fit"], **AMBIGUOUS_STARTS)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine.api, "reconstruct", many_starts)

@@ -9,7 +9,7 @@ from engine.errors import CancelledError, InputError
 from engine.fitting import FitConfig, Observations, code_losses, fit_code, fit_preset
 from engine.meshing import MeshConfig
 from engine.metrics import compare_meshes
-from tests.analytic import SHAPES, ambiguous_patch, analytic_mesh, sdf_samples
+from tests.analytic import AMBIGUOUS_STARTS, SHAPES, ambiguous_patch, analytic_mesh, sdf_samples
 
 NAMES = list(SHAPES)
 
@@ -174,14 +174,14 @@ def test_alternatives_are_other_shapes_that_fit(tiny_model):
     returns the best shape and the other distinct ones, worse fitted, in the input's frame;
     asking for them does not change the result. (A cloud with one sensor position, in the
     known frame: that path once refused a (3,) sensor.)"""
-
     pts = ambiguous_patch()
-    fit = FitConfig(init="nearest", restarts=3, nearest_starts=0, iterations=100, init_std=0.3)
+    fit = FitConfig(iterations=100, **AMBIGUOUS_STARTS)
     sensor = np.array([0.5, 3.0, 0.0], np.float32)  # above the patch
     kwargs = dict(known_frame=True, fit=fit, mesh=MeshConfig(resolution=40), sensor=sensor)
     rec = reconstruct(tiny_model, pts, None, alternatives=2, **kwargs)
+    plain = reconstruct(tiny_model, pts, None, **kwargs)
     assert 1 <= len(rec.alternatives) <= 2
-    np.testing.assert_array_equal(rec.code, reconstruct(tiny_model, pts, None, **kwargs).code)
+    np.testing.assert_array_equal(rec.code, plain.code)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 32)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
     solids = [evaluate_sdf(tiny_model, r.code, grid) < 0 for r in (rec, *rec.alternatives)]
     for j, alt in enumerate(rec.alternatives, 1):
@@ -190,7 +190,7 @@ def test_alternatives_are_other_shapes_that_fit(tiny_model):
         for k in range(j):  # differs from the result and from the alternatives before it
             iou = (solids[j] & solids[k]).sum() / (solids[j] | solids[k]).sum()
             assert iou <= 0.85, iou
-    assert reconstruct(tiny_model, pts, None, **kwargs).alternatives == []
+    assert plain.alternatives == []
     with pytest.raises(InputError, match="alternatives"):
         reconstruct(tiny_model, pts, None, alternatives=-1, **kwargs)
 
@@ -211,7 +211,7 @@ def test_an_alternative_without_surface_is_left_out(tiny_model, monkeypatch):
 
     monkeypatch.setattr(engine.api, "extract_mesh", second_fails)
     pts = ambiguous_patch()
-    fit = FitConfig(init="nearest", restarts=3, nearest_starts=0, iterations=100, init_std=0.3)
+    fit = FitConfig(iterations=100, **AMBIGUOUS_STARTS)
     kwargs = dict(known_frame=True, fit=fit, mesh=MeshConfig(resolution=32), alternatives=2)
     rec = reconstruct(tiny_model, pts, None, **kwargs)
     assert len(calls) >= 2 and len(rec.alternatives) == len(calls) - 2  # the first alternative was dropped
