@@ -16,6 +16,7 @@ from .operators import (
     DEEPSDF_OT_complete,
     DEEPSDF_OT_generate,
     DEEPSDF_OT_interpolate,
+    DEEPSDF_OT_next_alternative,
     DEEPSDF_OT_remesh,
 )
 from .panel import VIEW3D_MT_deepsdf, VIEW3D_PT_deepsdf, menu_entry
@@ -28,6 +29,7 @@ classes = (
     DEEPSDF_OT_generate,
     DEEPSDF_OT_interpolate,
     DEEPSDF_OT_remesh,
+    DEEPSDF_OT_next_alternative,
     DEEPSDF_OT_check_engine,
     DEEPSDF_OT_cancel_job,
     VIEW3D_MT_deepsdf,

@@ -14,6 +14,10 @@ PROP_SOURCE = "deepsdf_model_source"
 PROP_KIND = "deepsdf_kind"
 PROP_SETTINGS = "deepsdf_settings"
 PROP_MAP = "deepsdf_model_to_local"
+PROP_GROUP = "deepsdf_completion_group"
+"""The same value on a scan's completion and its alternatives (one Complete Scan run)."""
+PROP_CHOICE = "deepsdf_choice"
+"""0 for the completion, j for its alternative j."""
 
 
 class InputProblem(Exception):
@@ -111,3 +115,14 @@ def stored_code(obj) -> np.ndarray:
 
 def stored_map(obj) -> np.ndarray:
     return np.asarray(list(obj[PROP_MAP]), np.float64).reshape(4, 4)
+
+
+def completion_choices(obj) -> list:
+    """The completion ``obj`` belongs to and its alternatives (objects in the file with the
+    same :data:`PROP_GROUP`), the completion first, then by alternative number; [] for an
+    object that is not a completion."""
+    if obj is None or PROP_GROUP not in obj:
+        return []
+    group = obj[PROP_GROUP]
+    members = [o for o in bpy.data.objects if o.get(PROP_GROUP) == group and is_deepsdf(o)]
+    return sorted(members, key=lambda o: (int(o.get(PROP_CHOICE, 0)), o.name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import bpy
 import numpy as np
@@ -19,9 +20,12 @@ from .engine.protocol import load_array, save_array
 from .engine.worker_client import WorkerError
 from .frames import BLENDER_TO_MODEL, MODEL_TO_BLENDER, apply, translation
 from .meshes import (
+    PROP_CHOICE,
+    PROP_GROUP,
     PROP_MODEL,
     PROP_SOURCE,
     InputProblem,
+    completion_choices,
     is_deepsdf,
     new_mesh,
     read_world_geometry,
@@ -272,13 +276,14 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
 
     def apply(self, context, result):
         # every shape to add: the completions, then their alternatives (each with its own placement)
-        shapes, maps, placements, names, collections, alternative = [], [], [], [], [], []
+        shapes, maps, placements, names, collections, choices = [], [], [], [], [], []
         for name, shape in zip(self._sources, result["shapes"], strict=True):
             src = bpy.data.objects.get(name)
             if src is None:
                 raise InputProblem(f"'{name}' was deleted while it was being completed.")
             world = np.array(src.matrix_world, np.float64)
             coll = src.users_collection[0] if src.users_collection else context.collection
+            group = uuid.uuid4().hex  # ties this scan's completion to its alternatives
             for j, placed in enumerate([shape, *shape.get("alternatives", [])]):
                 to_world = MODEL_TO_BLENDER @ np.asarray(placed["model_to_input"], np.float64)
                 shapes.append(placed)
@@ -286,14 +291,17 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
                 placements.append(world)
                 names.append(f"{name} completed" + (f" (alternative {j})" if j else ""))
                 collections.append(coll)
-                alternative.append(j > 0)
+                choices.append((group, j))
         settings = {"resolution": self.resolution, "fit": self.quality, "scans": self._sources}
         everything = {"shapes": shapes, "model_identity": result.get("model_identity", "")}
         objs = _shape_objects(context, everything, "completed", settings, maps, names, placements)
         shown, hidden = [], []
-        for obj, coll, placed, alt in zip(objs, collections, shapes, alternative, strict=True):
+        kept = [(c, p, g) for c, p, g in zip(collections, shapes, choices, strict=True) if p.get("mesh") is not None]
+        for obj, (coll, placed, (group, choice)) in zip(objs, kept, strict=True):
             _link(context, obj, coll)
             obj["deepsdf_fit_loss"] = float(placed.get("loss", float("nan")))
+            obj[PROP_GROUP], obj[PROP_CHOICE] = group, choice
+            alt = choice > 0
             if alt:
                 obj.hide_set(True)  # over the scan like the result: shown one at a time from the outliner
             (hidden if alt else shown).append(obj)
@@ -305,6 +313,42 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
                 " (the fit found fewer distinct shapes)." if fewer else "."
             )
         return summary + (" " + "; ".join(self._notes) if self._notes else "")
+
+
+class DEEPSDF_OT_next_alternative(bpy.types.Operator):
+    """Hide this completion and show the next of the shapes found for the same scan (its alternatives)"""
+
+    bl_idname = "deepsdf.next_alternative"
+    bl_label = "Show Next Alternative"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT" and len(completion_choices(context.active_object)) > 1
+
+    def execute(self, context):
+        choices = completion_choices(context.active_object)
+        if len(choices) < 2:
+            self.report({"ERROR"}, "The active object is not a completion with alternatives.")
+            return {"CANCELLED"}
+        in_layer = [o for o in choices if o.name in context.view_layer.objects]
+        if len(in_layer) < 2:
+            self.report({"ERROR"}, "The completion's alternatives are not in this view layer.")
+            return {"CANCELLED"}
+        current = context.active_object if context.active_object in in_layer else in_layer[0]
+        shown = in_layer[(in_layer.index(current) + 1) % len(in_layer)]
+        for obj in in_layer:
+            obj.hide_set(obj != shown)
+        _select_only(context, [shown])
+        k, choice = in_layer.index(shown), int(shown.get(PROP_CHOICE, 0))
+        which = f"alternative {choice}" if choice else "the completion"
+        loss = shown.get("deepsdf_fit_loss")
+        self.report(
+            {"INFO"},
+            f"Showing '{shown.name}' ({which}, {k + 1} of {len(in_layer)}"
+            + (f", fit loss {loss:.3g})." if loss is not None else ")."),
+        )
+        return {"FINISHED"}
 
 
 class DEEPSDF_OT_generate(_EngineOperator, bpy.types.Operator):

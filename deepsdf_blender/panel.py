@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 
 from . import jobs
-from .meshes import PROP_KIND, is_deepsdf
+from .meshes import PROP_KIND, completion_choices, is_deepsdf
 from .preferences import get_prefs, model_spec
 
 
@@ -37,6 +37,11 @@ class VIEW3D_PT_deepsdf(bpy.types.Panel):
             box.label(text=f"code length {len(obj['deepsdf_code'])}, model {obj.get('deepsdf_model', '?')}")
             if "deepsdf_fit_loss" in obj:  # completions and their alternatives: lower fits the scan better
                 box.label(text=f"fit loss {obj['deepsdf_fit_loss']:.3g}")
+            choices = completion_choices(obj)
+            if len(choices) > 1:
+                row = box.row()
+                row.label(text=f"shape {choices.index(obj) + 1} of {len(choices)} found for the scan")
+                row.operator("deepsdf.next_alternative", text="Next", icon="FORWARD")
 
 
 class VIEW3D_MT_deepsdf(bpy.types.Menu):
@@ -49,6 +54,7 @@ class VIEW3D_MT_deepsdf(bpy.types.Menu):
         layout.operator("deepsdf.generate")
         layout.operator("deepsdf.interpolate")
         layout.operator("deepsdf.remesh")
+        layout.operator("deepsdf.next_alternative")
         layout.separator()
         layout.operator("deepsdf.check_engine")
 

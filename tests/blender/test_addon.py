@@ -359,6 +359,22 @@ def test_complete_adds_distinct_alternatives_hidden(scene):
         assert list(alt["deepsdf_code"]) != list(done["deepsdf_code"]) and len(alt.data.polygons) > 100
         assert alt.users_collection[0] == obj.users_collection[0]
     np.testing.assert_array_equal(_world_vertices(obj), before)
+
+    # Show Next Alternative walks the scan's shapes one at a time, back to the completion
+    choices = [done, *sorted(alts, key=lambda o: o.name)]
+    assert len({o["deepsdf_completion_group"] for o in choices}) == 1
+    assert [o["deepsdf_choice"] for o in choices] == list(range(len(choices)))
+    _select(done)
+    for step in range(1, len(choices) + 1):
+        assert _run(bpy.ops.deepsdf.next_alternative)[0] == {"FINISHED"}
+        expected = choices[step % len(choices)]
+        assert [o.name for o in choices if not o.hide_get()] == [expected.name]
+        assert bpy.context.view_layer.objects.active == expected and expected.select_get()
+    assert not obj.hide_get()  # the scan is not one of them
+    np.testing.assert_array_equal(_world_vertices(obj), before)
+    _select(obj)  # not a completion: nothing to walk
+    assert not bpy.ops.deepsdf.next_alternative.poll()
+
     bpy.ops.wm.read_homefile(use_empty=True)
     obj = _mesh_object("Patch", patch @ MODEL_TO_BLENDER[:3, :3].T, None)
     _select(obj)
