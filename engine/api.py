@@ -482,7 +482,9 @@ def refit_placement(
 
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
     and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
-    ``placement.offset_rounds`` times). points, normals, sensors: (n, 3), input frame. Returns
+    ``placement.offset_rounds`` times; with ``placement.offset_candidates`` > 1 that many
+    lowest-loss candidates are each polished and the lowest polished loss wins). points,
+    normals, sensors: (n, 3), input frame. Returns
     ``(code (L,), input_to_model (4, 4), loss, candidates)``, candidates: every refitted
     :class:`Candidate` (before the polish), lowest loss first.
     """
@@ -556,11 +558,19 @@ def refit_placement(
     order = np.argsort(final.restart_losses, kind="stable")
     candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
     code, pose, loss = candidates[0]
-    span = 300 // max(rounds, 1)
-    for r in range(rounds):
-        code, pose, loss = polish_offset(
-            model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, 700 + r * span, span, 1000)
-        )
+    polished = candidates[: max(1, placement.offset_candidates)] if rounds else []
+    span = 300 // max(rounds * len(polished), 1)
+    best = None
+    for j, (code, pose, loss) in enumerate(polished):
+        for r in range(rounds):
+            at = 700 + (j * rounds + r) * span
+            code, pose, loss = polish_offset(
+                model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, at, span, 1000)
+            )
+        if best is None or loss < best[2]:
+            best = (code, pose, loss)
+    if best is not None:
+        code, pose, loss = best
     return code, pose, loss, candidates
 
 

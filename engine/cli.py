@@ -98,12 +98,25 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
     p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
     p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
+    p.add_argument(
+        "--offset-candidates",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --offset-polish: polish the N lowest-loss refit candidates, not only the winner, "
+        "and keep the lowest polished loss (default 1)",
+    )
 
 
 def _placement_config(args: argparse.Namespace, **fields: object):
     from .placement import PlacementConfig
 
-    return PlacementConfig(offset_rounds=args.offset_polish, extent_quantile=args.extent_quantile, **fields)
+    return PlacementConfig(
+        offset_rounds=args.offset_polish,
+        offset_candidates=args.offset_candidates,
+        extent_quantile=args.extent_quantile,
+        **fields,
+    )
 
 
 def _open(args: argparse.Namespace):

@@ -146,6 +146,11 @@ class PlacementConfig:
     with the known pose (8.87 / 5.15); three views with 5 % outliers it made 10 of 16
     chairs worse (13.61 -> 14.70 / 7.36 -> 7.03; docs/quality/completion.md), so it is
     off until the loss can tell those shifts apart."""
+    offset_candidates: int = 1
+    """With ``offset_rounds``: polish this many of the lowest-loss refit candidates, not only
+    the winner, and keep the lowest polished loss, so candidates are compared each at its
+    best offset. Measured (session 11, 32 one-view scans with 5 % outliers, one round): see
+    docs/quality/completion.md."""
     refit_searched_codes: bool = False
     """Also refit every searched hypothesis from the code the search gave it, besides its
     best nearest training code (always refitted when ``FitConfig.nearest_starts`` is on;

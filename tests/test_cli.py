@@ -193,3 +193,9 @@ def test_extent_quantile_option_reaches_the_placement():
     assert args.extent_quantile == 0.998
     assert args.repeats == 1
     assert build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--repeats", "3"]).repeats == 3
+    from engine.cli import _placement_config
+
+    polish = build_parser().parse_args(["reconstruct", *base, "--offset-polish", "1", "--offset-candidates", "2"])
+    placement = _placement_config(polish)
+    assert (placement.offset_rounds, placement.offset_candidates) == (1, 2)
+    assert _placement_config(build_parser().parse_args(["reconstruct", *base])).offset_candidates == 1

@@ -452,6 +452,48 @@ def test_offset_polish_recovers_a_shifted_pose(tiny_model):
     np.testing.assert_allclose(i2m[:3, 3], true_i2m[:3, 3], atol=1e-6)
 
 
+@pytest.mark.parametrize("polished", [1, 2])
+def test_offset_polish_of_several_candidates_keeps_the_lowest_polished_loss(tiny_model, monkeypatch, polished):
+    """offset_candidates: the that many lowest-loss refit candidates are each polished
+    (offset_rounds times) and the lowest *polished* loss wins, even when it is not the
+    candidate that led before the polish."""
+    import engine.api as api
+    from engine.frames import rotation_y
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 48)
+    scan = simulate_scan(v, f, [orbit_camera(a, 25, 2.5) for a in (20, 140)], noise=0.0, seed=3)
+    m2i = np.eye(4)
+    m2i[:3, :3] = 1.2 * rotation_y(np.radians(30))
+    pts = scan.points @ m2i[:3, :3].T
+    sensors = scan.sensors @ m2i[:3, :3].T
+    calls = []
+
+    def fake_polish(model, obs, to_ref, code, pose, placement, fit, on_progress=None):
+        calls.append(np.array(code))
+        # the candidate that led before the polish ends worse after it
+        return code + 1.0, pose, 1.0 if len(calls) % 2 == 1 else 0.5
+
+    monkeypatch.setattr(api, "polish_offset", fake_polish)
+    placement = PlacementConfig(
+        variant_turns=(0, 90), variant_scales=(1.0,), refit_variants=2, offset_rounds=1, offset_candidates=polished
+    )
+    fit = FitConfig(iterations=30, screen_iterations=20, samples_per_iteration=2000)
+    start = tiny_model.codes.detach().mean(0).numpy()
+    code, _, loss, candidates = api.refit_placement(
+        tiny_model, start, np.linalg.inv(m2i), [], pts, None, sensors, placement, fit, ObservationConfig()
+    )
+    assert len(candidates) >= 2
+    assert len(calls) == polished  # one round each
+    for got, cand in zip(calls, candidates, strict=False):
+        np.testing.assert_array_equal(got, cand.code)  # lowest loss first
+    expected = candidates[polished - 1].code + 1.0  # one candidate: its own polish; two: the second's
+    np.testing.assert_allclose(code, expected)
+    assert loss == (1.0 if polished == 1 else 0.5)
+
+
 def test_scan_extent_ignores_a_few_stray_points():
     from engine.frames import bounding_extent as scan_extent
 
