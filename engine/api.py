@@ -557,20 +557,15 @@ def refit_placement(
     )
     order = np.argsort(final.restart_losses, kind="stable")
     candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
-    code, pose, loss = candidates[0]
-    polished = candidates[: max(1, placement.offset_candidates)] if rounds else []
-    span = 300 // max(rounds * len(polished), 1)
-    best = None
-    for j, (code, pose, loss) in enumerate(polished):
+    leaders = candidates[: max(1, placement.offset_candidates)] if rounds else []
+    span = 300 // max(rounds * len(leaders), 1)
+    polished = []
+    for j, (c, p, v) in enumerate(leaders):
         for r in range(rounds):
             at = 700 + (j * rounds + r) * span
-            code, pose, loss = polish_offset(
-                model, obs, to_ref, code, pose, placement, fit, scaled(on_progress, at, span, 1000)
-            )
-        if best is None or loss < best[2]:
-            best = (code, pose, loss)
-    if best is not None:
-        code, pose, loss = best
+            c, p, v = polish_offset(model, obs, to_ref, c, p, placement, fit, scaled(on_progress, at, span, 1000))
+        polished.append((c, p, v))
+    code, pose, loss = min(polished, key=lambda x: x[2]) if polished else candidates[0]
     return code, pose, loss, candidates
 
 
