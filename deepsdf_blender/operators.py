@@ -296,8 +296,7 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         everything = {"shapes": shapes, "model_identity": result.get("model_identity", "")}
         objs = _shape_objects(context, everything, "completed", settings, maps, names, placements)
         shown, hidden = [], []
-        kept = [(c, p, g) for c, p, g in zip(collections, shapes, choices, strict=True) if p.get("mesh") is not None]
-        for obj, (coll, placed, (group, choice)) in zip(objs, kept, strict=True):
+        for obj, coll, placed, (group, choice) in zip(objs, collections, shapes, choices, strict=True):
             _link(context, obj, coll)
             obj["deepsdf_fit_loss"] = float(placed.get("loss", float("nan")))
             obj[PROP_GROUP], obj[PROP_CHOICE] = group, choice
@@ -327,11 +326,8 @@ class DEEPSDF_OT_next_alternative(bpy.types.Operator):
         return context.mode == "OBJECT" and len(completion_choices(context.active_object)) > 1
 
     def execute(self, context):
-        choices = completion_choices(context.active_object)
-        if len(choices) < 2:
-            self.report({"ERROR"}, "The active object is not a completion with alternatives.")
-            return {"CANCELLED"}
-        in_layer = [o for o in choices if o.name in context.view_layer.objects]
+        # poll has checked that the active object is a completion with alternatives
+        in_layer = [o for o in completion_choices(context.active_object) if o.name in context.view_layer.objects]
         if len(in_layer) < 2:
             self.report({"ERROR"}, "The completion's alternatives are not in this view layer.")
             return {"CANCELLED"}

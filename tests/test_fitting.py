@@ -454,7 +454,7 @@ def test_offset_polish_recovers_a_shifted_pose(tiny_model):
 
 @pytest.mark.parametrize("polished", [1, 2])
 def test_offset_polish_of_several_candidates_keeps_the_lowest_polished_loss(tiny_model, monkeypatch, polished):
-    """offset_candidates: the that many lowest-loss refit candidates are each polished
+    """offset_candidates: that many lowest-loss refit candidates are each polished
     (offset_rounds times) and the lowest *polished* loss wins, even when it is not the
     candidate that led before the polish."""
     import engine.api as api
