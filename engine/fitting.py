@@ -630,3 +630,77 @@ def screen_codes_posed(
     to rank candidate (pose, start) pairs, not to finish them. Shapes as there."""
     short = replace(config, iterations=config.screen_iterations, samples_per_iteration=config.screen_samples)
     return fit_codes_posed(model, obs, poses, initial_codes, short, config.screen_rows, on_progress)
+
+
+def spatial_folds(obs: Observations, folds: int, seed: int = 0) -> np.ndarray:
+    """Split a scan's observations into ``folds`` regions of space, for cross-validation.
+
+    The surface rows (sdf 0, not lower bounds, not fixed) are clustered by k-means
+    (k-means++ starts drawn with ``seed``); every row that moves with the scan joins the
+    region of the nearest centre, so a region takes its surface points, their +-eta rows
+    and the free space in front of them. Returns (n,) int64: each row's region in
+    ``0..folds-1`` (a region may be empty), -1 for ``obs.fixed`` rows (the far shell,
+    which every fit keeps). Raises :class:`InputError` with fewer surface rows than
+    ``2 * folds``.
+    """
+    from scipy.cluster.vq import kmeans2
+
+    if folds < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {folds}")
+    moving = np.ones(len(obs), bool) if obs.fixed is None else ~obs.fixed
+    surface = moving & (obs.sdf == 0)
+    if obs.lower_bound is not None:
+        surface &= ~obs.lower_bound
+    if surface.sum() < 2 * folds:
+        raise InputError(f"{int(surface.sum())} surface observations are too few for {folds} folds")
+    centres, _ = kmeans2(obs.points[surface].astype(np.float64), folds, minit="++", seed=np.random.default_rng(seed))
+    labels = np.full(len(obs), -1, np.int64)
+    pts = obs.points[moving].astype(np.float64)
+    labels[moving] = np.argmin(((pts[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    return labels
+
+
+def cross_validated_losses(
+    model: ShapeModel,
+    obs: Observations,
+    poses: np.ndarray,
+    starts: np.ndarray,
+    folds: int,
+    config: FitConfig = FitConfig(),
+    on_progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Each candidate's loss on the parts of a scan it was not fitted to.
+
+    obs: one scan's observations in the model frame; poses: (b, 4, 4) and starts: (b, L)
+    the candidates, as in :func:`fit_codes_posed`. For each region of :func:`spatial_folds`
+    (``folds`` of them, seeded by ``config.seed``), every candidate is fitted from its start
+    (``config.iterations`` steps, all as one batch) on the rows outside the region and
+    scored on the rows inside it (the clamped L1 data term, no prior). Returns (b,) float:
+    the held-out loss per candidate over all held-out rows. Candidates that explain the
+    observed parts equally well differ here in how well they predict a part they did
+    not see, which is what completing a scan asks of them.
+    """
+    labels = spatial_folds(obs, folds, config.seed)
+    poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
+    starts = np.asarray(starts, np.float32).reshape(len(poses), model.code_length)
+    score = replace(config, prior_weight=0.0)
+    total, weight = np.zeros(len(poses)), 0.0
+    regions = [f for f in range(folds) if (labels == f).any()]
+    for j, f in enumerate(regions):
+        held = labels == f
+        fitted = fit_codes_posed(
+            model,
+            obs.subset(~held),
+            poses,
+            starts,
+            config,
+            on_progress=scaled(on_progress, j * 1000 // len(regions), 1000 // len(regions), 1000),
+        )
+        test = obs.subset(held)
+        rows = _posed_points(test, poses)
+        losses = _code_losses(model, torch.from_numpy(fitted.codes).to(model.device), test, rows, score)
+        n = float(test.weights.sum()) if test.weights is not None else float(len(test))
+        total += losses.cpu().numpy() * n
+        weight += n
+    report(on_progress, 1000, 1000, "cross-validating candidates")
+    return total / max(weight, 1e-12)

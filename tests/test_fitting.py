@@ -554,3 +554,141 @@ def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched
     assert sum(np.allclose(p, np.eye(4)) for p in poses) >= 1
     assert any(np.allclose(p[:3, :3], np.diag([-1.0, 1.0, -1.0]), atol=1e-9) for p in poses)
     assert len(codes) <= 3 + searched_codes
+
+
+def _blobs_observations() -> Observations:
+    """Two separated clusters of surface points, each with +-eta rows, a free-space lower
+    bound in front of each, and a fixed far shell."""
+    rng = np.random.default_rng(0)
+    a = rng.normal([-0.5, 0.0, 0.0], 0.05, (60, 3))
+    b = rng.normal([0.5, 0.0, 0.0], 0.05, (60, 3))
+    surface = np.concatenate([a, b])
+    up = np.array([0.0, 0.0, 0.01])
+    free = surface[[0, 60]] + np.array([0.0, 0.0, 0.2])
+    far = np.array([[0.0, 3.0, 0.0], [0.0, -3.0, 0.0]])
+    points = np.concatenate([surface, surface + up, surface - up, free, far]).astype(np.float32)
+    n = len(surface)
+    sdf = np.concatenate([np.zeros(n), np.full(n, 0.01), np.full(n, -0.01), [0.2, 0.2], [1.0, 1.0]])
+    lower = np.zeros(len(points), bool)
+    lower[3 * n : 3 * n + 2] = True
+    fixed = np.zeros(len(points), bool)
+    fixed[-2:] = True
+    return Observations(points, sdf.astype(np.float32), lower_bound=lower, fixed=fixed)
+
+
+def test_spatial_folds_split_the_scan_into_regions_of_space():
+    from engine.fitting import spatial_folds
+
+    obs = _blobs_observations()
+    labels = spatial_folds(obs, 2, seed=1)
+    n = 120
+    assert (labels[-2:] == -1).all()  # the far shell stays in every fit
+    assert set(labels[:-2]) == {0, 1}
+    a, b = labels[:60], labels[60:n]
+    assert len(set(a)) == 1 and len(set(b)) == 1 and a[0] != b[0]  # one region per cluster
+    for shift in (n, 2 * n):  # the +-eta rows follow their surface points
+        np.testing.assert_array_equal(labels[shift : shift + n], labels[:n])
+    assert labels[3 * n] == a[0] and labels[3 * n + 1] == b[0]  # free space in front of each
+    with pytest.raises(InputError, match="at least 2 folds"):
+        spatial_folds(obs, 1)
+    with pytest.raises(InputError, match="too few"):
+        spatial_folds(obs.subset(np.r_[0:3, 360:364]), 2)
+
+
+def test_cross_validated_loss_without_steps_is_the_data_loss(tiny_model):
+    """With no fitting steps each code predicts every region as it is, so the held-out
+    losses of all regions together are the data term on every row that moves."""
+    from dataclasses import replace
+
+    from engine.fitting import cross_validated_losses
+
+    pts, sdf = sdf_samples(SHAPES["box"], 3000, seed=5)
+    sdf[np.abs(sdf) < 2e-3] = 0.0  # surface rows to cut into regions
+    far = np.array([[0.0, 2.5, 0.0], [2.5, 0.0, 0.0]], np.float32)
+    obs = Observations(
+        np.concatenate([pts, far]),
+        np.concatenate([sdf, [1.0, 1.0]]).astype(np.float32),
+        fixed=np.r_[np.zeros(len(pts), bool), True, True],
+    )
+    assert (obs.sdf == 0).sum() > 100
+    config = FitConfig(iterations=0, prior_weight=1e-4)
+    starts = tiny_model.codes.detach().numpy()
+    poses = np.repeat(np.eye(4)[None], len(starts), 0)
+    cv = cross_validated_losses(tiny_model, obs, poses, starts, 3, config)
+    moving = obs.subset(~obs.fixed)
+    expected = code_losses(tiny_model, tiny_model.codes.detach(), moving, replace(config, prior_weight=0.0)).numpy()
+    np.testing.assert_allclose(cv, expected, rtol=1e-5)
+    assert int(np.argmin(cv)) == NAMES.index("box")
+
+
+def test_cross_validation_ranks_the_shape_that_predicts_withheld_parts(tiny_model):
+    """Fitted from each training shape's code, the box's code predicts the withheld parts of
+    a box scan best."""
+    from engine.fitting import cross_validated_losses
+    from engine.observations import ObservationConfig, observations_from_points
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 48)
+    scan = simulate_scan(v, f, [orbit_camera(a, 25, 2.5) for a in (20, 140)], noise=0.0, seed=3)
+    obs = observations_from_points(scan.points, None, scan.sensors, ObservationConfig(), seed=0)
+    starts = tiny_model.codes.detach().numpy()
+    poses = np.repeat(np.eye(4)[None], len(starts), 0)
+    cv = cross_validated_losses(tiny_model, obs, poses, starts, 3, FitConfig(iterations=20, samples_per_iteration=2000))
+    box = NAMES.index("box")
+    assert int(np.argmin(cv)) == box
+    assert np.delete(cv, box).min() > 2 * cv[box]
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_refit_candidates_are_chosen_by_cross_validation(tiny_model, monkeypatch, folds):
+    """choice_folds: the winner is the lowest cross-validated loss, each candidate restarted
+    from the training code nearest its refitted code; 0: the lowest refit loss, no
+    cross-validation."""
+    import engine.api as api
+    from engine.frames import rotation_y
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 48)
+    scan = simulate_scan(v, f, [orbit_camera(a, 25, 2.5) for a in (20, 140)], noise=0.0, seed=3)
+    m2i = np.eye(4)
+    m2i[:3, :3] = 1.2 * rotation_y(np.radians(30))
+    calls = []
+
+    def fake_cv(model, obs, poses, starts, k, config, on_progress=None):
+        calls.append((np.array(poses), np.array(starts), k))
+        return -np.arange(len(poses), dtype=float)  # the reverse of the batch order
+
+    monkeypatch.setattr(api, "cross_validated_losses", fake_cv)
+    placement = PlacementConfig(variant_turns=(0, 90), variant_scales=(1.0,), refit_variants=2, choice_folds=folds)
+    fit = FitConfig(iterations=30, screen_iterations=20, samples_per_iteration=2000)
+    start = tiny_model.codes.detach().mean(0).numpy()
+    code, pose, loss, candidates = api.refit_placement(
+        tiny_model,
+        start,
+        np.linalg.inv(m2i),
+        [],
+        scan.points @ m2i[:3, :3].T,
+        None,
+        scan.sensors @ m2i[:3, :3].T,
+        placement,
+        fit,
+        ObservationConfig(),
+    )
+    assert len(candidates) >= 2
+    losses = [c.loss for c in candidates]
+    np.testing.assert_array_equal(code, candidates[0].code)
+    assert loss == losses[0]
+    if not folds:
+        assert not calls and losses == sorted(losses)
+        return
+    ((poses, starts, k),) = calls
+    assert k == 3 and len(poses) == len(starts) == len(candidates)
+    training = tiny_model.codes.detach().numpy()
+    for s in starts:  # every start is a training code
+        assert np.abs(training - s).max(axis=1).min() == 0
+    # ranked by the scores, whatever the refit losses: the last of the batch scored lowest and won
+    for j, cand in enumerate(candidates):
+        np.testing.assert_allclose(cand.input_to_model @ m2i, poses[len(poses) - 1 - j], atol=1e-9)
+    np.testing.assert_allclose(pose, candidates[0].input_to_model)
