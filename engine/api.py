@@ -27,7 +27,6 @@ from .fitting import (
     FitConfig,
     FitResult,
     Observations,
-    cross_validated_losses,
     fit_code,
     fit_codes_posed,
     rank_training_codes,
@@ -482,15 +481,12 @@ def refit_placement(
       variant that is already a candidate (the searched pose from the same start).
 
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
-    and the lowest loss wins — or, with ``placement.choice_folds``, the lowest
-    cross-validated loss (:func:`engine.fitting.cross_validated_losses`, each candidate
-    restarted from the training code nearest its refitted code); its translation is then polished (:func:`polish_offset`,
+    and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
     ``placement.offset_rounds`` times; with ``placement.offset_candidates`` > 1 that many
     lowest-loss candidates are each polished and the lowest polished loss wins). points,
     normals, sensors: (n, 3), input frame. Returns
     ``(code (L,), input_to_model (4, 4), loss, candidates)``, candidates: every refitted
-    :class:`Candidate` (before the polish, ``loss`` its refit loss) in the order of the
-    choice, the winner first.
+    :class:`Candidate` (before the polish), lowest loss first.
     """
     ref = np.asarray(input_to_model, np.float64)
     obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
@@ -551,22 +547,15 @@ def refit_placement(
             added += add(screen.codes[v * (k + 1) + best_start[v]], variants[v])
     stacked = np.stack(poses)
     rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
-    folds = placement.choice_folds if placement.choice_folds > 1 and len(starts) > 1 else 0
-    span = (400 if rounds else 700) // (2 if folds else 1)
-    refit = replace(fit, iterations=placement.refit_iterations)
     final = fit_codes_posed(
-        model, obs, stacked @ to_ref, np.stack(starts), refit, on_progress=scaled(on_progress, 300, span, 1000)
+        model,
+        obs,
+        stacked @ to_ref,
+        np.stack(starts),
+        replace(fit, iterations=placement.refit_iterations),
+        on_progress=scaled(on_progress, 300, 400 if rounds else 700, 1000),
     )
-    scores = final.restart_losses
-    if folds:
-        # each candidate restarts from the training code nearest its refitted one: the
-        # training chair it is, not a start that has already seen the held-out rows
-        train = model.codes.detach().cpu().numpy()
-        nearest = np.argmin(((final.codes[:, None, :] - train[None]) ** 2).sum(-1), axis=1)
-        scores = cross_validated_losses(
-            model, obs, stacked @ to_ref, train[nearest], folds, refit, scaled(on_progress, 300 + span, span, 1000)
-        )
-    order = np.argsort(scores, kind="stable")
+    order = np.argsort(final.restart_losses, kind="stable")
     candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
     leaders = candidates[: max(1, placement.offset_candidates)] if rounds else []
     span = 300 // max(rounds * len(leaders), 1)

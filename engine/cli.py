@@ -106,14 +106,6 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         help="with --offset-polish: polish the N lowest-loss refit candidates, not only the winner, "
         "and keep the lowest polished loss (default 1)",
     )
-    p.add_argument(
-        "--choice-folds",
-        type=int,
-        metavar="K",
-        help="choose among the refit candidates by cross-validation over K regions of the scan "
-        "(each candidate refitted without each region, scored on it); 0: the lowest refit loss "
-        "(default: PlacementConfig.choice_folds)",
-    )
 
 
 def _placement_config(args: argparse.Namespace, **fields: object):
@@ -122,7 +114,6 @@ def _placement_config(args: argparse.Namespace, **fields: object):
     return PlacementConfig(
         offset_rounds=args.offset_polish,
         offset_candidates=args.offset_candidates,
-        **({} if args.choice_folds is None else {"choice_folds": args.choice_folds}),
         extent_quantile=args.extent_quantile,
         **fields,
     )

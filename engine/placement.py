@@ -153,14 +153,6 @@ class PlacementConfig:
     x 1e3): one view with 5 % outliers (32 scans) 12.24 -> 10.25, unknown / known 1.35 ->
     1.13; three views with 5 % outliers (16 scans) 13.54 -> 14.78 (level without the two
     stools the model cannot represent), so off by default (docs/quality/completion.md)."""
-    choice_folds: int = 0
-    """Choose among the refit candidates by their loss on parts of the scan they were not
-    fitted to (:func:`engine.fitting.cross_validated_losses`): the scan's surface is cut
-    into this many regions, each candidate is refitted without each region in turn and
-    scored on it; the lowest held-out loss wins. 0: the lowest refit loss. Candidates
-    that explain the observed parts within 1-3 % of each other differ in the part
-    nobody observed, and a candidate that predicts a withheld part of the scan predicts
-    the unseen rest better. Costs ``choice_folds`` more refits of all candidates."""
     refit_searched_codes: bool = False
     """Also refit every searched hypothesis from the code the search gave it, besides its
     best nearest training code (always refitted when ``FitConfig.nearest_starts`` is on;

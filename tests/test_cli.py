@@ -199,9 +199,3 @@ def test_extent_quantile_option_reaches_the_placement():
     placement = _placement_config(polish)
     assert (placement.offset_rounds, placement.offset_candidates) == (1, 2)
     assert _placement_config(build_parser().parse_args(["reconstruct", *base])).offset_candidates == 1
-    from engine.placement import PlacementConfig
-
-    folds = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--choice-folds", "3"])
-    assert _placement_config(folds).choice_folds == 3
-    unset = _placement_config(build_parser().parse_args(["reconstruct", *base]))
-    assert unset.choice_folds == PlacementConfig().choice_folds
