@@ -13,7 +13,7 @@ import uuid
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import jobs
 from .engine.protocol import load_array, save_array
@@ -225,6 +225,12 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         description="The scene's camera is where the scan was taken from: free space towards it is known to be empty",
         default=False,
     )
+    sensor_object: StringProperty(
+        name="Sensor Object",
+        description="An object (an empty, a camera) standing where the scan was taken from: free space towards it "
+        "is known to be empty. Used instead of the scene's camera when set",
+        default="",
+    )
     alternatives: IntProperty(
         name="Alternatives",
         description="Also add up to this many other completions whose shapes differ (hidden, over the scan): "
@@ -238,6 +244,31 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
     def poll(cls, context):
         return context.mode == "OBJECT" and any(o.type == "MESH" for o in context.selected_objects)
 
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        for name in ("resolution", "quality", "normals", "placement", "use_camera"):
+            layout.prop(self, name)
+        layout.prop_search(self, "sensor_object", bpy.data, "objects", icon="EMPTY_AXIS")
+        layout.prop(self, "alternatives")
+
+    def _sensor(self, context, scans) -> list[float] | None:
+        """The sensor position in model axes (Blender world units), or None when none is given."""
+        if self.sensor_object:
+            obj = bpy.data.objects.get(self.sensor_object)
+            if obj is None:
+                raise InputProblem(f"Sensor object '{self.sensor_object}' not found.")
+            if obj in scans:
+                raise InputProblem(f"The sensor object '{obj.name}' is one of the selected scans; pick another object.")
+        elif self.use_camera:
+            obj = context.scene.camera
+            if obj is None:
+                raise InputProblem("'Camera as Sensor' is on but the scene has no camera.")
+        else:
+            return None
+        pos = np.array(obj.matrix_world.translation, np.float64)[None]
+        return apply(BLENDER_TO_MODEL, pos)[0].tolist()
+
     def invoke(self, context, event):
         self.resolution = get_prefs(context).resolution
         return super().invoke(context, event)
@@ -247,6 +278,7 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
         meshes = [o for o in context.selected_objects if o.type == "MESH"]
         if not meshes:
             raise InputProblem("Select at least one mesh object (a scan) to complete.")
+        sensor = self._sensor(context, meshes)
         workdir = jobs.client(context).new_workdir()
         scans, self._sources, self._notes = [], [], []
         for k, obj in enumerate(meshes):
@@ -258,11 +290,8 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
                 "vertices": save_array(workdir, f"scan{k}_v", model_axes),
                 "faces": save_array(workdir, f"scan{k}_f", faces) if faces is not None else None,
             }
-            if self.use_camera:
-                if context.scene.camera is None:
-                    raise InputProblem("'Camera as Sensor' is on but the scene has no camera.")
-                pos = np.array(context.scene.camera.matrix_world.translation, np.float64)[None]
-                scan["sensor"] = apply(BLENDER_TO_MODEL, pos)[0].tolist()
+            if sensor is not None:
+                scan["sensor"] = sensor
             scans.append(scan)
             self._sources.append(obj.name)
         skipped = [o.name for o in context.selected_objects if o.type != "MESH"]

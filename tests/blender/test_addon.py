@@ -338,6 +338,48 @@ def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
     np.testing.assert_allclose(done.max(0), truth.max(0), atol=0.25)
 
 
+def test_complete_takes_the_sensor_from_a_chosen_empty(scene, addon, monkeypatch):
+    """An empty where the scan was taken from is the sensor (in the model axes the worker
+    gets, over the scene camera); a missing or scan sensor object is refused and changes nothing."""
+    import importlib
+
+    jobs = importlib.import_module(f"{PKG}.jobs")
+    v, f = _box_scan(0.5, (1.0, 0.0, 0.0))
+    obj = _mesh_object("Scan", v, f)
+    empty = bpy.data.objects.new("Scanner", None)
+    bpy.context.collection.objects.link(empty)
+    empty.location = (4.0, -3.0, 2.0)
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    bpy.context.collection.objects.link(cam)
+    cam.location = (-5.0, 0.0, 1.0)
+    bpy.context.scene.camera = cam
+    bpy.context.view_layer.update()
+    _select(obj)
+    sent = []
+
+    def capture(op, params, workdir, context=None, timeout=None):
+        sent.append(params)
+        raise addon.engine.worker_client.WorkerError("captured")
+
+    monkeypatch.setattr(jobs, "run_sync", capture)
+    before = _snapshot()
+    result, err = _run(bpy.ops.deepsdf.complete, sensor_object="Scanner", use_camera=True)
+    assert result == {"CANCELLED"} and "captured" in err
+    # Blender (x, y, z) is (x, z, -y) in the model's y-up axes
+    np.testing.assert_allclose(sent[-1]["scans"][0]["sensor"], [4.0, 2.0, 3.0], atol=1e-6)
+    _run(bpy.ops.deepsdf.complete, use_camera=True)
+    np.testing.assert_allclose(sent[-1]["scans"][0]["sensor"], [-5.0, 1.0, 0.0], atol=1e-6)
+    _run(bpy.ops.deepsdf.complete)
+    assert "sensor" not in sent[-1]["scans"][0]
+    count = len(sent)
+    result, err = _run(bpy.ops.deepsdf.complete, sensor_object="Nowhere")
+    assert result == {"CANCELLED"} and "Sensor object 'Nowhere' not found" in err
+    result, err = _run(bpy.ops.deepsdf.complete, sensor_object="Scan")
+    assert result == {"CANCELLED"} and "is one of the selected scans" in err
+    assert len(sent) == count and _snapshot() == before
+    assert tuple(empty.location) == (4.0, -3.0, 2.0)
+
+
 def test_complete_adds_distinct_alternatives_hidden(scene):
     """A small flat patch that the tiny model's box and capsules both explain (the engine's
     test_alternatives_are_other_shapes_that_fit): the best completion is shown and
