@@ -36,6 +36,8 @@ SETTINGS: dict[str, dict] = {
     "default": {},
     # the refit pool before session 8: the searched codes refitted too
     "searched-codes": {"refit_searched_codes": True},
+    # no translation polish (the default before session 13 polished nothing; now single views get one round)
+    "no-polish": {"offset_rounds": 0},
     "offset-polish-2": {"offset_rounds": 2},
     # two alternatives meshed beside the result (an argument of reconstruct, not of the placement)
     "alternatives-2": {"alternatives": 2},

@@ -215,6 +215,11 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
                 "Estimate",
                 "Find the scan's scale, turn about the vertical and position (partial scans anywhere)",
             ),
+            (
+                "estimate_any",
+                "Estimate, Any Orientation",
+                "Also find which way is up: for scans lying on their side, upside down or tilted (a slower search)",
+            ),
             ("reference", "Bounding Box", "Normalise by the scan's bounding box (complete, upright scans)"),
             ("known", "Model Frame", "The scan is already in the model's normalised frame"),
         ],

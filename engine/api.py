@@ -465,7 +465,7 @@ def refit_placement(
     fit: FitConfig,
     observation: ObservationConfig,
     on_progress: ProgressCallback | None = None,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float, list[Candidate]]:
     """Refit a placement search's result on the observations a known-pose fit uses.
 
     code (L,), input_to_model (4, 4): the best hypothesis; alternatives: the others that
@@ -481,9 +481,10 @@ def refit_placement(
       variant that is already a candidate (the searched pose from the same start).
 
     Every candidate is refitted for ``placement.refit_iterations`` steps, all as one batch,
-    and the lowest loss wins; its translation is then polished (:func:`polish_offset`,
-    ``placement.offset_rounds`` times; with ``placement.offset_candidates`` > 1 that many
-    lowest-loss candidates are each polished and the lowest polished loss wins). points,
+    and the lowest loss wins; then the ``placement.offset_candidates`` lowest-loss candidates'
+    translations are each polished (:func:`polish_offset`, ``placement.offset_rounds``
+    times; by default once for a single view, :func:`single_viewpoint`, else not) and the
+    lowest polished loss wins. points,
     normals, sensors: (n, 3), input frame. Returns
     ``(code (L,), input_to_model (4, 4), loss, candidates)``, candidates: every refitted
     :class:`Candidate` (before the polish), lowest loss first.
@@ -546,7 +547,11 @@ def refit_placement(
             # a variant at a searched pose from the same screened start is a candidate already
             added += add(screen.codes[v * (k + 1) + best_start[v]], variants[v])
     stacked = np.stack(poses)
-    rounds = placement.offset_rounds if placement.offset_grid > 0 and fit.screen_iterations > 0 else 0
+    rounds = placement.offset_rounds
+    if rounds is None:  # polish single views only (measured: it helps them and hurts three views)
+        rounds = 1 if single_viewpoint(sensors) else 0
+    if placement.offset_grid <= 0 or fit.screen_iterations <= 0:
+        rounds = 0
     final = fit_codes_posed(
         model,
         obs,
@@ -567,6 +572,15 @@ def refit_placement(
         polished.append((c, p, v))
     code, pose, loss = min(polished, key=lambda x: x[2]) if polished else candidates[0]
     return code, pose, loss, candidates
+
+
+def single_viewpoint(sensors: np.ndarray | None) -> bool:
+    """Whether every scan point was seen from one sensor position. sensors: (n, 3) one per
+    point (or (3,)), or None (unknown: False)."""
+    if sensors is None:
+        return False
+    arr = np.asarray(sensors).reshape(-1, 3)
+    return bool(len(arr) > 0 and (arr == arr[0]).all())
 
 
 def offset_grid(step: float, n: int) -> np.ndarray:

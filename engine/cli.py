@@ -88,33 +88,39 @@ _EXTENT_HELP = (
     "largest; 0.999 helped three-view scans and hurt one-view scans, docs/quality/completion.md)"
 )
 _POLISH_HELP = (
-    "rounds of translation polish after an estimated placement (default 0: off; 2 helped one-view scans "
-    "without outliers and hurt three-view scans with outliers, docs/quality/completion.md)"
+    "rounds of translation polish after an estimated placement (0: off; default: one round when the "
+    "scan was taken from one sensor position, else off: it helped one-view scans and hurt three-view "
+    "scans with outliers, docs/quality/completion.md)"
 )
 
 
 def _add_placement_args(p: argparse.ArgumentParser) -> None:
     """Options of the unknown-placement fit shared by ``reconstruct`` and ``evaluate-completion``."""
     p.add_argument("--nearest-starts", type=int, help=_NEAREST_HELP)
-    p.add_argument("--offset-polish", type=int, default=0, metavar="ROUNDS", help=_POLISH_HELP)
+    p.add_argument("--offset-polish", type=int, metavar="ROUNDS", help=_POLISH_HELP)
     p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
+    p.add_argument(
+        "--full-rotation",
+        action="store_true",
+        help="the scan may lie in any orientation (on its side, upside down): its up direction is searched "
+        "too (6 candidate ups x the yaws), not only the yaw about y",
+    )
     p.add_argument(
         "--offset-candidates",
         type=int,
-        default=1,
         metavar="N",
-        help="with --offset-polish: polish the N lowest-loss refit candidates, not only the winner, "
-        "and keep the lowest polished loss (default 1)",
+        help="polish the N lowest-loss refit candidates' translations and keep the lowest polished loss (default 2)",
     )
 
 
 def _placement_config(args: argparse.Namespace, **fields: object):
     from .placement import PlacementConfig
 
+    given = {"offset_rounds": args.offset_polish, "offset_candidates": args.offset_candidates}
     return PlacementConfig(
-        offset_rounds=args.offset_polish,
-        offset_candidates=args.offset_candidates,
         extent_quantile=args.extent_quantile,
+        full_rotation=args.full_rotation,
+        **{k: v for k, v in given.items() if v is not None},
         **fields,
     )
 
@@ -741,7 +747,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise", type=float, nargs="+", default=[0.0, 0.005, 0.01], help="depth noise, fraction of object size"
     )
     p.add_argument("--outliers", type=float, nargs="+", default=[0.0], help="outlier fraction (default 0)")
-    p.add_argument("--poses", nargs="+", default=["known", "yaw", "similarity"], choices=["known", "yaw", "similarity"])
+    p.add_argument(
+        "--poses",
+        nargs="+",
+        default=["known", "yaw", "similarity"],
+        choices=["known", "yaw", "similarity", "rotation"],
+        help="known: the model frame; yaw: a random turn about the vertical; similarity: that, scale +-30 %% and an "
+        "offset; rotation: a random rotation in any direction, scale and offset (fitted with --full-rotation's "
+        "search)",
+    )
     p.add_argument("--sensor", nargs="+", default=["yes", "no"], choices=["yes", "no"], help="sensor position given")
     p.add_argument("--no-reference", action="store_true", help="skip the reference-style fit")
     p.add_argument("--reference-iterations", type=int, help="steps of the reference-style fit (default 800)")

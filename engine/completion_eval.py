@@ -52,7 +52,10 @@ from .observations import ObservationConfig, estimate_normals
 from .placement import PlacementConfig
 from .progress import ProgressCallback, report
 
-POSES = ("known", "yaw", "similarity")
+POSES = ("known", "yaw", "similarity", "rotation")
+"""Pose conditions: the model frame; a random yaw; a random yaw, scale and offset; a random
+rotation in any direction, scale and offset (completed with ``PlacementConfig.full_rotation``).
+New ones go at the end: a condition's index seeds its random pose."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class CompletionEvalConfig:
     views: tuple[int, ...] = (1, 3)
     noise: tuple[float, ...] = (0.0, 0.005, 0.01)
     outliers: tuple[float, ...] = (0.0,)
-    poses: tuple[str, ...] = POSES
+    poses: tuple[str, ...] = ("known", "yaw", "similarity")
     sensor: tuple[bool, ...] = (True, False)
     reference: bool = True
     """Also run the reference-style fit on every (views, noise, outliers) scan."""
@@ -138,7 +141,8 @@ class CompletionEvalConfig:
 class CompletionEvalResult:
     """rows: one dict per (shape, repeat, condition): the condition's fields, ``shape``,
     ``repeat``, ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
-    ``scale_error`` (relative), ``yaw_error_degrees`` and ``offset_error`` (model units)."""
+    ``scale_error`` (relative), ``yaw_error_degrees``, ``rotation_error_degrees`` (the angle of
+    the rotation between the true and the estimated) and ``offset_error`` (model units)."""
 
     rows: list[dict]
     config: dict
@@ -265,10 +269,16 @@ def random_pose(pose: str, rng: np.random.Generator, scale_range: float, offset_
     m = np.eye(4)
     if pose == "known":
         return m
-    yaw = rng.uniform(0, 2 * math.pi)
-    scale = rng.uniform(1 - scale_range, 1 + scale_range) if pose == "similarity" else 1.0
-    m[:3, :3] = scale * rotation_y(yaw)
-    if pose == "similarity":
+    if pose == "rotation":
+        from scipy.spatial.transform import Rotation
+
+        q = rng.standard_normal(4)  # a normalised 4-d Gaussian: a uniformly random rotation
+        turn = Rotation.from_quat(q / np.linalg.norm(q)).as_matrix()
+    else:
+        turn = rotation_y(rng.uniform(0, 2 * math.pi))
+    scale = rng.uniform(1 - scale_range, 1 + scale_range) if pose in ("similarity", "rotation") else 1.0
+    m[:3, :3] = scale * turn
+    if pose in ("similarity", "rotation"):
         m[:3, 3] = rng.uniform(-offset_range, offset_range, 3)
     return m
 
@@ -423,7 +433,9 @@ def _complete(
         mesh=mesh_cfg,
         observation=config.observation,
         sensor=sens if cond.sensor else None,
-        placement=replace(config.placement, seed=seed),
+        placement=replace(
+            config.placement, seed=seed, full_rotation=config.placement.full_rotation or cond.pose == "rotation"
+        ),
         alternatives=config.alternatives,
     )
     extra: dict = {}
@@ -434,6 +446,8 @@ def _complete(
         rel = np.linalg.inv(m2i[:3, :3] / true_scale) @ (est[:3, :3] / est_scale)
         extra["scale_error"] = est_scale / true_scale - 1.0
         extra["yaw_error_degrees"] = float(math.degrees(math.atan2(rel[0, 2], rel[0, 0])))
+        # the whole rotation's error: the angle of the relative rotation
+        extra["rotation_error_degrees"] = float(math.degrees(math.acos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
         # where the estimate puts the model frame's origin, seen from the true model frame
         extra["offset_error"] = float(np.linalg.norm((np.linalg.inv(m2i) @ est)[:3, 3]))
     back = np.linalg.inv(m2i)

@@ -15,7 +15,14 @@ get gradients (the decoder is frozen), and the hypothesis with the lowest loss o
 all observations wins. The clamped L1 loss bounds what any one point (an outlier)
 can cost.
 
-Frames: scan points in the scan's own frame with **y up** (the engine's axes).
+With ``PlacementConfig.full_rotation`` the scan may lie in any orientation (on its
+side, upside down): the map becomes ``x = s * R_y(yaw) @ T(tilt) @ U @ (p - c) + t``,
+``U`` one of several fixed turns taking a candidate up direction of the scan to y
+(one hypothesis per up direction and yaw) and ``T`` a tilt about the model's two
+horizontal axes fitted with the yaw, so any rotation is reachable.
+
+Frames: scan points in the scan's own frame with **y up** (the engine's axes) unless
+``full_rotation``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,16 @@ class PlacementConfig:
     """Fit the scale (else keep the one from the scan's extent)."""
     estimate_yaw: bool = True
     """Fit the yaw (else keep each hypothesis' start; use 1 hypothesis for a known yaw)."""
+    full_rotation: bool = False
+    """The scan's up is unknown too (a scan lying on its side, upside down, tilted): each of
+    ``up_directions`` is tried as the scan's up with every yaw (``up_directions`` x
+    ``yaw_hypotheses`` hypotheses in one batch), and a tilt about the model's horizontal
+    axes is fitted with the yaw. Off: the scan's y is up (the default; scans taken of
+    objects standing on the floor)."""
+    up_directions: int = 6
+    """With ``full_rotation``: the scan's up directions tried: 6 (+-x, +-y, +-z of the
+    scan's frame) or 14 (those and the 8 diagonals, for scans tilted by about 45 degrees;
+    more than twice the search's cost)."""
     iterations: int = 200
     """Adam steps (both phases)."""
     lr_code: float = 1e-2
@@ -135,24 +152,22 @@ class PlacementConfig:
     """Spacing of the offset grid, model units (the shape's bounding sphere has radius ~1)."""
     offset_keep: int = 2
     """Screened offsets refitted beside the unshifted winner."""
-    offset_rounds: int = 0
+    offset_rounds: int | None = None
     """Translation polish after the refit (:func:`engine.api.polish_offset`), this many
-    rounds, each around the previous round's winner; 0: off (the default). The winner
-    shifted over the offset grid is screened from its code (``FitConfig.screen_iterations``
-    steps), the ``offset_keep`` best shifts are refitted beside the unshifted winner and
-    the lowest loss wins. Measured on the 16 held-out chairs (``fast``, fp32, CPU, the
-    same search results polished or not; mean / median Chamfer x 1e3): one view, no
-    outliers 10.13 / 3.37 without, 8.87 / 2.33 with two rounds (14 chairs better), level
-    with the known pose (8.87 / 5.15); three views with 5 % outliers it made 10 of 16
-    chairs worse (13.61 -> 14.70 / 7.36 -> 7.03; docs/quality/completion.md), so it is
-    off until the loss can tell those shifts apart."""
-    offset_candidates: int = 1
-    """With ``offset_rounds``: polish this many of the lowest-loss refit candidates, not only
-    the winner, and keep the lowest polished loss, so candidates are compared each at its
-    best offset. Measured (session 11, ``fast``, CPU, one round, 2 candidates; mean Chamfer
-    x 1e3): one view with 5 % outliers (32 scans) 12.24 -> 10.25, unknown / known 1.35 ->
-    1.13; three views with 5 % outliers (16 scans) 13.54 -> 14.78 (level without the two
-    stools the model cannot represent), so off by default (docs/quality/completion.md)."""
+    rounds, each around the previous round's winner; 0: off; None (the default): one
+    round when every point of the scan was seen from one sensor position (a single
+    view), none otherwise (several views, or no sensor given). Each of the
+    ``offset_candidates`` lowest-loss refit candidates shifted over the offset grid is
+    screened from its code (``FitConfig.screen_iterations`` steps), its ``offset_keep``
+    best shifts are refitted beside it unshifted, and the lowest polished loss wins, so
+    candidates are compared each at its best offset. Measured on the 16 held-out chairs
+    (``fast``, fp32, CPU; mean Chamfer x 1e3; docs/quality/completion.md), one round on
+    two candidates: one view with 5 % outliers (32 scans) 12.24 -> 10.25, unknown /
+    known 1.35 -> 1.13; one view without outliers (16 scans) SINGLE_CLEAN; three views
+    with 5 % outliers (16 scans) 13.54 -> 14.78, worse (two rounds on the winner alone:
+    10 of 16 chairs worse), hence single views only."""
+    offset_candidates: int = 2
+    """Refit candidates the polish runs on (the lowest losses); the lowest polished loss wins."""
     refit_searched_codes: bool = False
     """Also refit every searched hypothesis from the code the search gave it, besides its
     best nearest training code (always refitted when ``FitConfig.nearest_starts`` is on;
@@ -182,11 +197,14 @@ class PlacementResult:
     seconds: float = 0.0
     alternatives: list[PlacementResult] = field(default_factory=list)
     """The other hypotheses that reached the end, best first (each a full result)."""
+    rotation: np.ndarray | None = None
+    """(3, 3) the whole rotation when ``PlacementConfig.full_rotation`` (then it replaces
+    ``R_y(yaw)`` in the map; ``yaw`` is only its part about y); None: ``R_y(yaw)``."""
 
     @property
     def input_to_model(self) -> np.ndarray:
         m = np.eye(4)
-        m[:3, :3] = self.scale * rotation_y(self.yaw)
+        m[:3, :3] = self.scale * (rotation_y(self.yaw) if self.rotation is None else self.rotation)
         m[:3, 3] = self.translation - m[:3, :3] @ self.centre
         return m
 
@@ -204,11 +222,45 @@ def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _optimizer(config: PlacementConfig, codes, trans, yaw, log_s) -> torch.optim.Adam:
-    """One Adam over the hypotheses' codes and transforms (yaw and scale when estimated)."""
+def _tilt(tilt: torch.Tensor) -> torch.Tensor:
+    """(b, 2) rotation-vector components about x and z -> (b, 3, 3) rotations."""
+    a, b = tilt[:, 0], tilt[:, 1]
+    zero = torch.zeros_like(a)
+    skew = torch.stack(
+        [torch.stack([zero, -b, zero], -1), torch.stack([b, zero, -a], -1), torch.stack([zero, a, zero], -1)], -2
+    )
+    return torch.linalg.matrix_exp(skew)
+
+
+def up_turns(count: int) -> np.ndarray:
+    """(k, 3, 3) rotations, each taking one candidate up direction of a scan to +y: the
+    identity first, then -y, +-x, +-z (count 6), then the 8 diagonals (count 14)."""
+    axes = [(0, 1, 0), (0, -1, 0), (1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, -1)]
+    diagonals = [(x, y, z) for x in (1, -1) for y in (1, -1) for z in (1, -1)]
+    if count not in (1, 6, 14):
+        raise InputError(f"up_directions must be 1, 6 or 14, got {count}")
+    out = []
+    for d in (axes + diagonals)[:count]:
+        u = np.asarray(d, np.float64) / np.linalg.norm(d)
+        y = np.array([0.0, 1.0, 0.0])
+        axis = np.cross(u, y)
+        sin, cos = np.linalg.norm(axis), float(u @ y)
+        if sin < 1e-12:  # u = +-y: the identity, or half a turn about x
+            out.append(np.eye(3) if cos > 0 else np.diag([1.0, -1.0, -1.0]))
+            continue
+        k = axis / sin
+        K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        out.append(np.eye(3) + sin * K + (1 - cos) * K @ K)  # Rodrigues: u -> y
+    return np.stack(out)
+
+
+def _optimizer(config: PlacementConfig, codes, trans, yaw, log_s, tilt) -> torch.optim.Adam:
+    """One Adam over the hypotheses' codes and transforms (yaw, tilt and scale when estimated)."""
     groups = [{"params": [codes], "lr": config.lr_code}, {"params": [trans], "lr": config.lr_pose}]
     if config.estimate_yaw:
         groups.append({"params": [yaw], "lr": config.lr_pose * 4})
+    if config.full_rotation:
+        groups.append({"params": [tilt], "lr": config.lr_pose * 4})
     if config.estimate_scale:
         groups.append({"params": [log_s], "lr": config.lr_pose})
     return torch.optim.Adam(groups)
@@ -252,16 +304,22 @@ def fit_placement(
     dev = model.device
     dec = model.decoder
     gen = torch.Generator().manual_seed(config.seed)
-    H = max(1, config.yaw_hypotheses)
+    yaws = max(1, config.yaw_hypotheses)
+    turns = up_turns(config.up_directions if config.full_rotation else 1)
+    H = len(turns) * yaws
     local = torch.tensor(pts - centre, dtype=torch.float32, device=dev)
     n_t = torch.tensor(nrm, dtype=torch.float32, device=dev)
     if sensors is not None and config.free_space_per_point > 0:
         sens = torch.tensor(np.asarray(sensors, np.float64).reshape(-1, 3) - centre, dtype=torch.float32, device=dev)
-    yaw = torch.tensor([2 * math.pi * k / H for k in range(H)], device=dev, requires_grad=config.estimate_yaw)
+    yaw = torch.tensor(
+        [2 * math.pi * k / yaws for _ in turns for k in range(yaws)], device=dev, requires_grad=config.estimate_yaw
+    )
+    up = torch.tensor(np.repeat(turns, yaws, axis=0), dtype=torch.float32, device=dev)  # (H, 3, 3) fixed
+    tilt = torch.zeros(H, 2, device=dev, requires_grad=config.full_rotation)
     log_s = torch.full((H,), math.log(s0), device=dev, requires_grad=config.estimate_scale)
     trans = torch.zeros(H, 3, device=dev, requires_grad=True)
     codes = model.codes.detach().mean(dim=0, keepdim=True).repeat(H, 1).clone().requires_grad_(True)
-    opt = _optimizer(config, codes, trans, yaw, log_s)
+    opt = _optimizer(config, codes, trans, yaw, log_s, tilt)
     base = [g["lr"] for g in opt.param_groups]
     log_s0 = math.log(s0)
 
@@ -270,7 +328,7 @@ def fit_placement(
         n = n_t if idx is None else n_t[idx]
         scale = log_s.exp()
         eta_in = config.eta / scale  # (H,) offsets in scan units giving eta in model units
-        rot = _rot_y(yaw)
+        rot = _rot_y(yaw) @ _tilt(tilt) @ up if config.full_rotation else _rot_y(yaw)
         groups = [p.expand(H, -1, -1), p + eta_in[:, None, None] * n, p - eta_in[:, None, None] * n]
         targets = [0.0, config.eta, -config.eta]
         lower = [False, False, False]
@@ -323,16 +381,19 @@ def fit_placement(
                         probe = torch.randperm(len(pts), generator=gen)[:k].to(dev)
                         order = torch.argsort(loss_of(*observe(probe)))[: config.keep]
                     H = len(order)
-                    yaw, log_s, trans, codes = (
-                        x.detach()[order].clone().requires_grad_(x.requires_grad) for x in (yaw, log_s, trans, codes)
+                    up = up[order]
+                    yaw, log_s, trans, codes, tilt = (
+                        x.detach()[order].clone().requires_grad_(x.requires_grad)
+                        for x in (yaw, log_s, trans, codes, tilt)
                     )
-                    opt = _optimizer(config, codes, trans, yaw, log_s)
+                    opt = _optimizer(config, codes, trans, yaw, log_s, tilt)
                 if step % 10 == 0 or step == config.iterations - 1:
                     report(on_progress, step + 1, config.iterations, "fitting code and placement")
             with torch.no_grad():
                 k = min(20000, len(pts))
                 idx = torch.randperm(len(pts), generator=gen)[:k].to(dev)
                 final = loss_of(*observe(idx)).cpu().numpy()
+                rotations = (_rot_y(yaw) @ _tilt(tilt) @ up).double().cpu().numpy() if config.full_rotation else None
     finally:
         for p, g in zip(dec.parameters(), grads, strict=True):
             p.requires_grad_(g)
@@ -347,8 +408,19 @@ def fit_placement(
             loss=float(final[h]),
             hypothesis_losses=final,
             seconds=time.perf_counter() - t_start,
+            rotation=None if rotations is None else _orthonormal(rotations[h]),
         )
         for h in np.argsort(final)
     ]
     results[0].alternatives = results[1:]
     return results[0]
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    """The rotation nearest ``m`` (3, 3) (float32 products drift from orthonormal)."""
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    return r

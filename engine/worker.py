@@ -8,7 +8,7 @@ returned in the **model frame** with ``offset``/``scale`` where they belong to a
 
     check        {model, device}                     -> {python, torch, device, model: summary}
     complete     {model, device, scans: [{vertices, faces|null, sensor?}], resolution, preset,
-                  iterations?, placement: estimate|reference|known, normals}
+                  iterations?, placement: estimate|estimate_any|reference|known, normals}
                                                       -> {shapes: [{mesh, code, model_to_input (4x4), loss}]}
     generate     {model, device, count, seed, temperature, resolution, normals}
                                                       -> {shapes: [{mesh|null, code, error?}]}
@@ -176,8 +176,13 @@ class Worker:
         model = self.model(params)
         overrides = {"iterations": int(params["iterations"])} if params.get("iterations") else {}
         fit = fit_preset(str(params.get("preset", "auto")), model.device, **overrides)
-        mode = str(params.get("placement", "estimate"))  # estimate | reference | known
-        placement = PlacementConfig(**({"iterations": int(params["iterations"])} if params.get("iterations") else {}))
+        mode = str(params.get("placement", "estimate"))
+        if mode not in ("estimate", "estimate_any", "reference", "known"):
+            raise _error("InputError", f"unknown placement {mode!r} (estimate, estimate_any, reference or known)")
+        placement = PlacementConfig(
+            full_rotation=mode == "estimate_any",
+            **({"iterations": int(params["iterations"])} if params.get("iterations") else {}),
+        )
         mesh_cfg = MeshConfig(resolution=int(params.get("resolution", 128)), normals=bool(params.get("normals", False)))
         scans = params.get("scans") or []
         alternatives = int(params.get("alternatives", 0))
@@ -191,7 +196,7 @@ class Worker:
                 fit=fit,
                 mesh=mesh_cfg,
                 sensor=None if scan.get("sensor") is None else np.asarray(scan["sensor"], np.float32),
-                placement=placement if mode == "estimate" else None,
+                placement=placement if mode.startswith("estimate") else None,
                 on_progress=scaled(progress, k * 100, 100, len(scans) * 100),
                 alternatives=alternatives,
             )

@@ -198,4 +198,9 @@ def test_extent_quantile_option_reaches_the_placement():
     polish = build_parser().parse_args(["reconstruct", *base, "--offset-polish", "1", "--offset-candidates", "2"])
     placement = _placement_config(polish)
     assert (placement.offset_rounds, placement.offset_candidates) == (1, 2)
-    assert _placement_config(build_parser().parse_args(["reconstruct", *base])).offset_candidates == 1
+    default = _placement_config(build_parser().parse_args(["reconstruct", *base]))
+    assert (default.offset_rounds, default.offset_candidates) == (None, 2)  # single views polished (auto)
+    off = _placement_config(build_parser().parse_args(["reconstruct", *base, "--offset-polish", "0"]))
+    assert off.offset_rounds == 0 and not off.full_rotation
+    full = _placement_config(build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--full-rotation"]))
+    assert full.full_rotation

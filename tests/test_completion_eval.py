@@ -73,8 +73,37 @@ def test_random_poses_are_similarities():
     sim = random_pose("similarity", rng, 0.3, 2.0)
     s = np.cbrt(np.linalg.det(sim[:3, :3]))
     assert 0.7 <= s <= 1.3 and np.abs(sim[:3, 3]).max() <= 2.0
+    turned = [random_pose("rotation", rng, 0.3, 2.0) for _ in range(200)]
+    for m in turned:
+        s = np.cbrt(np.linalg.det(m[:3, :3]))
+        np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T / s**2, np.eye(3), atol=1e-9)
+        assert 0.7 <= s <= 1.3 and np.abs(m[:3, 3]).max() <= 2.0
+    # any direction: where the model's up goes is spread over the sphere, not kept vertical
+    ups = np.array([m[:3, 1] / np.linalg.norm(m[:3, 1]) for m in turned])
+    assert np.abs(ups.mean(0)).max() < 0.15 and (ups[:, 1] < 0).mean() > 0.35
     with pytest.raises(InputError, match="pose"):
         CompletionEvalConfig(poses=("tilted",))
+
+
+def test_rotation_condition_completes_with_the_full_rotation_search(tiny_model, monkeypatch):
+    """The 'rotation' pose cell fits with PlacementConfig.full_rotation; the others do not."""
+    import engine.api
+    from engine.errors import NoSurfaceError
+
+    seen = []
+
+    def spy(model, vertices, faces=None, known_frame=False, placement=None, **kwargs):
+        seen.append((known_frame, placement.full_rotation))
+        raise NoSurfaceError("spied", "empty")
+
+    monkeypatch.setattr(engine.api, "reconstruct", spy)
+    v, f = analytic_mesh(SHAPES["box"], 32)
+    cfg = CompletionEvalConfig(
+        views=(1,), noise=(0.0,), poses=("known", "similarity", "rotation"), sensor=(True,), reference=False
+    )
+    rows = evaluate_completion(tiny_model, [("box", v, f)], cfg).rows
+    assert [r["pose"] for r in rows] == ["known", "similarity", "rotation"] and all(r["failed"] for r in rows)
+    assert seen == [(True, False), (False, False), (False, True)]
 
 
 def test_evaluate_completion_command_on_tiny_model(tiny_model_file, tmp_path, capsys):

@@ -169,6 +169,54 @@ def test_partial_scan_in_unknown_placement(tiny_model):
     np.testing.assert_allclose(rec.mesh.vertices.max(0), truth.max(0), atol=0.1 * s)
 
 
+def test_up_turns_take_each_direction_up():
+    from engine.errors import InputError
+    from engine.placement import up_turns
+
+    turns = up_turns(14)
+    dirs = [(0, 1, 0), (0, -1, 0), (1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, -1)]
+    dirs += [(x, y, z) for x in (1, -1) for y in (1, -1) for z in (1, -1)]
+    for turn, d in zip(turns, dirs, strict=True):
+        np.testing.assert_allclose(turn @ turn.T, np.eye(3), atol=1e-12)
+        assert np.linalg.det(turn) == pytest.approx(1.0)
+        np.testing.assert_allclose(turn @ (np.asarray(d) / np.linalg.norm(d)), [0, 1, 0], atol=1e-12)
+    np.testing.assert_array_equal(up_turns(1)[0], np.eye(3))
+    with pytest.raises(InputError, match="up_directions"):
+        up_turns(5)
+
+
+def test_partial_scan_in_any_orientation(tiny_model):
+    """A one-view scan of the capsule pair stood on end and tilted (a rotation no yaw
+    reaches), scaled x2 and moved: the full-rotation search completes it in place; the
+    yaw-only search cannot stand the pair up."""
+    from scipy.spatial.transform import Rotation
+
+    from engine.frames import rotation_y
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["capsule_pair"], 64)
+    cam = orbit_camera(30, 25, 2.5)
+    scan = simulate_scan(v, f, cam, noise=0.002, seed=0)
+    tilt = Rotation.from_euler("xz", [25, 80], degrees=True).as_matrix()
+    rot, s, t = rotation_y(np.radians(40)) @ tilt, 2.0, np.array([1.0, -2.0, 0.5])
+    pts = (scan.points @ rot.T) * s + t
+    sensor = (np.asarray(cam.position) @ rot.T) * s + t
+    truth = (v @ rot.T) * s + t
+    chamfer = {}
+    for full in (True, False):
+        placement = PlacementConfig(full_rotation=full)
+        rec = reconstruct(tiny_model, pts, None, sensor=sensor, mesh=MeshConfig(resolution=48), placement=placement)
+        m = compare_meshes((rec.mesh.vertices, rec.mesh.faces), (truth, f), samples=10000)
+        chamfer[full] = m.chamfer / s**2  # model units
+        if full:
+            assert rec.scale == pytest.approx(1 / s, rel=0.1)
+            np.testing.assert_allclose(rec.mesh.vertices.min(0), truth.min(0), atol=0.1 * s)
+            np.testing.assert_allclose(rec.mesh.vertices.max(0), truth.max(0), atol=0.1 * s)
+    assert chamfer[True] < 3e-3, chamfer
+    assert chamfer[False] > 3 * chamfer[True], chamfer
+
+
 def test_alternatives_are_other_shapes_that_fit(tiny_model):
     """A small flat patch that the box's top and a capsule's top both explain: the fit
     returns the best shape and the other distinct ones, worse fitted, in the input's frame;
@@ -492,6 +540,48 @@ def test_offset_polish_of_several_candidates_keeps_the_lowest_polished_loss(tiny
     expected = candidates[polished - 1].code + 1.0  # one candidate: its own polish; two: the second's
     np.testing.assert_allclose(code, expected)
     assert loss == (1.0 if polished == 1 else 0.5)
+
+
+def test_single_viewpoint():
+    from engine.api import single_viewpoint
+
+    one = np.broadcast_to(np.array([0.0, 1.0, 3.0]), (50, 3))
+    assert single_viewpoint(one) and single_viewpoint(np.array([0.0, 1.0, 3.0]))
+    two = np.concatenate([one, one + np.array([0.0, 0.0, 1e-3])])
+    assert not single_viewpoint(two) and not single_viewpoint(None)
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_default_polish_runs_on_single_views_only(tiny_model, monkeypatch, views):
+    """With the default placement (offset_rounds None) the two leading candidates are each
+    polished once when the scan was taken from one sensor position, and none is when
+    it was taken from several."""
+    import engine.api as api
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 48)
+    scan = simulate_scan(v, f, [orbit_camera(a, 25, 2.5) for a in (20, 140)[:views]], noise=0.0, seed=3)
+    calls = []
+
+    def spy(model, obs, to_ref, code, pose, placement, fit, on_progress=None):
+        calls.append(placement.offset_rounds)
+        return code, pose, 0.0
+
+    monkeypatch.setattr(api, "polish_offset", spy)
+    placement = PlacementConfig(variant_turns=(0, 90), variant_scales=(1.0,), refit_variants=2)
+    assert placement.offset_rounds is None and placement.offset_candidates == 2
+    fit = FitConfig(iterations=20, screen_iterations=10, samples_per_iteration=1000)
+    start = tiny_model.codes.detach().mean(0).numpy()
+    _, _, loss, candidates = api.refit_placement(
+        tiny_model, start, np.eye(4), [], scan.points, None, scan.sensors, placement, fit, ObservationConfig()
+    )
+    assert len(candidates) >= 2
+    if views == 1:
+        assert len(calls) == 2 and loss == 0.0  # one round on each of the two leaders
+    else:
+        assert calls == [] and loss == candidates[0].loss
 
 
 def test_scan_extent_ignores_a_few_stray_points():

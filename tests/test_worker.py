@@ -76,6 +76,20 @@ def test_complete_returns_model_frame_and_placement(client, tiny_model_file):
     np.testing.assert_allclose(back.mean(axis=0), moved.mean(axis=0), atol=0.15)
     assert len(shape["code"]) == 8
 
+    # the box stood on its end (90 degrees about z), found with the any-orientation search
+    on_end = moved @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], np.float32).T
+    scan["vertices"] = save_array(workdir, "v_end", on_end)
+    params.update(placement="estimate_any", iterations=120, resolution=40)
+    shape = client.wait(client.submit("complete", params, workdir), timeout=300)["shapes"][0]
+    m = np.asarray(shape["model_to_input"])
+    back = load_array(shape["mesh"]["vertices"]) @ m[:3, :3].T + m[:3, 3]
+    np.testing.assert_allclose(back.min(axis=0), on_end.min(axis=0), atol=0.25)
+    np.testing.assert_allclose(back.max(axis=0), on_end.max(axis=0), atol=0.25)
+    params["placement"] = "sideways"
+    with pytest.raises(WorkerError) as info:
+        client.wait(client.submit("complete", params, workdir), timeout=60)
+    assert info.value.kind == "InputError" and "unknown placement 'sideways'" in str(info.value)
+
 
 def test_errors_come_back_as_typed_events(client, tmp_path):
     bad = tmp_path / "bad.dsdf"

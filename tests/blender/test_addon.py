@@ -340,7 +340,8 @@ def test_complete_a_partial_scan_with_the_camera_as_sensor(scene):
 
 def test_complete_takes_the_sensor_from_a_chosen_empty(scene, addon, monkeypatch):
     """An empty where the scan was taken from is the sensor (in the model axes the worker
-    gets, over the scene camera); a missing or scan sensor object is refused and changes nothing."""
+    gets, over the scene camera); a missing or scan sensor object is refused and changes
+    nothing; the any-orientation placement reaches the worker."""
     import importlib
 
     jobs = importlib.import_module(f"{PKG}.jobs")
@@ -369,8 +370,8 @@ def test_complete_takes_the_sensor_from_a_chosen_empty(scene, addon, monkeypatch
     np.testing.assert_allclose(sent[-1]["scans"][0]["sensor"], [4.0, 2.0, 3.0], atol=1e-6)
     _run(bpy.ops.deepsdf.complete, use_camera=True)
     np.testing.assert_allclose(sent[-1]["scans"][0]["sensor"], [-5.0, 1.0, 0.0], atol=1e-6)
-    _run(bpy.ops.deepsdf.complete)
-    assert "sensor" not in sent[-1]["scans"][0]
+    _run(bpy.ops.deepsdf.complete, placement="estimate_any")
+    assert "sensor" not in sent[-1]["scans"][0] and sent[-1]["placement"] == "estimate_any"
     count = len(sent)
     result, err = _run(bpy.ops.deepsdf.complete, sensor_object="Nowhere")
     assert result == {"CANCELLED"} and "Sensor object 'Nowhere' not found" in err
