@@ -218,7 +218,8 @@ class DEEPSDF_OT_complete(_EngineOperator, bpy.types.Operator):
             (
                 "estimate_any",
                 "Estimate, Any Orientation",
-                "Also find which way is up: for scans lying on their side, upside down or tilted (a slower search)",
+                "Also find which way is up, for scans lying on their side or tilted: a slower search that often "
+                "fails on one-view scans; turn the scan upright instead where you can",
             ),
             ("reference", "Bounding Box", "Normalise by the scan's bounding box (complete, upright scans)"),
             ("known", "Model Frame", "The scan is already in the model's normalised frame"),

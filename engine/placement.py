@@ -63,6 +63,10 @@ class PlacementConfig:
     ``yaw_hypotheses`` hypotheses in one batch), and a tilt about the model's horizontal
     axes is fitted with the yaw. Off: the scan's y is up (the default; scans taken of
     objects standing on the floor)."""
+    keep_per_up: int = 1
+    """With ``full_rotation``: hypotheses kept after the coarse phase per up direction
+    (instead of ``keep`` overall), so every up direction reaches the refit, whose
+    observations (free space, the far shell) tell them apart better than the search's."""
     up_directions: int = 6
     """With ``full_rotation``: the scan's up directions tried: 6 (+-x, +-y, +-z of the
     scan's frame) or 14 (those and the 8 diagonals, for scans tilted by about 45 degrees;
@@ -162,10 +166,12 @@ class PlacementConfig:
     best shifts are refitted beside it unshifted, and the lowest polished loss wins, so
     candidates are compared each at its best offset. Measured on the 16 held-out chairs
     (``fast``, fp32, CPU; mean Chamfer x 1e3; docs/quality/completion.md), one round on
-    two candidates: one view with 5 % outliers (32 scans) 12.24 -> 10.25, unknown /
-    known 1.35 -> 1.13; one view without outliers (16 scans) SINGLE_CLEAN; three views
-    with 5 % outliers (16 scans) 13.54 -> 14.78, worse (two rounds on the winner alone:
-    10 of 16 chairs worse), hence single views only."""
+    two candidates: one view with 5 % outliers (32 scans) 12.24 / 7.80 -> 10.25 / 5.12
+    (mean / median), unknown / known 1.35 -> 1.13; one view without outliers (32 scans,
+    session 13) level in the mean and better in the median (repeat 0 10.08 -> 9.96,
+    repeat 1 9.00 / 4.18 -> 9.74 / 3.55, 9 of 16 better; unknown / known 1.12 over the
+    32); three views with 5 % outliers (16 scans) 13.54 -> 14.78, worse (two rounds on
+    the winner alone: 10 of 16 chairs worse), hence single views only."""
     offset_candidates: int = 2
     """Refit candidates the polish runs on (the lowest losses); the lowest polished loss wins."""
     refit_searched_codes: bool = False
@@ -252,6 +258,22 @@ def up_turns(count: int) -> np.ndarray:
         K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
         out.append(np.eye(3) + sin * K + (1 - cos) * K @ K)  # Rodrigues: u -> y
     return np.stack(out)
+
+
+def _kept_count(ups: int, config: PlacementConfig) -> int:
+    return config.keep_per_up * ups if config.full_rotation else config.keep
+
+
+def _kept(losses: torch.Tensor, ups: int, config: PlacementConfig) -> torch.Tensor:
+    """Indices of the hypotheses kept after the coarse phase, lowest loss first: the
+    ``keep`` lowest, or with ``full_rotation`` the ``keep_per_up`` lowest of each up
+    direction (hypotheses are grouped by up direction, ``len(losses) // ups`` each)."""
+    if not config.full_rotation:
+        return torch.argsort(losses)[: config.keep]
+    per = len(losses) // ups
+    best = [g * per + torch.argsort(losses[g * per : (g + 1) * per])[: config.keep_per_up] for g in range(ups)]
+    kept = torch.cat(best)
+    return kept[torch.argsort(losses[kept])]
 
 
 def _optimizer(config: PlacementConfig, codes, trans, yaw, log_s, tilt) -> torch.optim.Adam:
@@ -364,7 +386,7 @@ def fit_placement(
         for p in dec.parameters():
             p.requires_grad_(False)
         with parametrize.cached():
-            coarse_steps = int(config.iterations * config.coarse_fraction) if H > config.keep else 0
+            coarse_steps = int(config.iterations * config.coarse_fraction) if H > _kept_count(len(turns), config) else 0
             for step in range(config.iterations):
                 frac = 0.5 * (1 + math.cos(math.pi * step / max(1, config.iterations)))
                 for g, b in zip(opt.param_groups, base, strict=True):
@@ -379,7 +401,7 @@ def fit_placement(
                     with torch.no_grad():
                         k = min(4096, len(pts))
                         probe = torch.randperm(len(pts), generator=gen)[:k].to(dev)
-                        order = torch.argsort(loss_of(*observe(probe)))[: config.keep]
+                        order = _kept(loss_of(*observe(probe)), len(turns), config)
                     H = len(order)
                     up = up[order]
                     yaw, log_s, trans, codes, tilt = (

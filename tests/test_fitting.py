@@ -185,6 +185,18 @@ def test_up_turns_take_each_direction_up():
         up_turns(5)
 
 
+def test_full_rotation_keeps_the_best_of_every_up_direction():
+    import torch
+
+    from engine.placement import PlacementConfig, _kept
+
+    # 3 up directions x 4 yaws: the overall best two are both in the first group
+    losses = torch.tensor([0.1, 0.2, 0.9, 0.8, 0.7, 0.5, 0.6, 0.9, 0.4, 0.45, 0.3, 0.95])
+    assert _kept(losses, 3, PlacementConfig()).tolist() == [0, 1]  # yaw only: the keep lowest
+    assert _kept(losses, 3, PlacementConfig(full_rotation=True)).tolist() == [0, 10, 5]
+    assert _kept(losses, 3, PlacementConfig(full_rotation=True, keep_per_up=2)).tolist() == [0, 1, 10, 8, 5, 6]
+
+
 def test_partial_scan_in_any_orientation(tiny_model):
     """A one-view scan of the capsule pair stood on end and tilted (a rotation no yaw
     reaches), scaled x2 and moved: the full-rotation search completes it in place; the
