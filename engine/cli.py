@@ -100,6 +100,12 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-polish", type=int, metavar="ROUNDS", help=_POLISH_HELP)
     p.add_argument("--extent-quantile", type=float, default=1.0, metavar="Q", help=_EXTENT_HELP)
     p.add_argument(
+        "--eta",
+        type=float,
+        help="offset of the +-eta observations along the scan's normals, model units (default: "
+        "ObservationConfig.eta; measured in docs/quality/completion.md)",
+    )
+    p.add_argument(
         "--full-rotation",
         action="store_true",
         help="the scan may lie in any orientation (on its side, upside down): its up direction is searched "
@@ -111,6 +117,12 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="polish the N lowest-loss refit candidates' translations and keep the lowest polished loss (default 2)",
     )
+
+
+def _observation_config(args: argparse.Namespace):
+    from .observations import ObservationConfig
+
+    return ObservationConfig() if args.eta is None else ObservationConfig(eta=args.eta)
 
 
 def _placement_config(args: argparse.Namespace, **fields: object):
@@ -257,6 +269,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 fit=fit,
                 mesh=_mesh_config(args),
                 sensor=args.sensor,
+                observation=_observation_config(args),
                 placement=None if args.reference_normalization else _placement_config(args, seed=args.seed),
                 on_progress=progress,
                 alternatives=args.alternatives,
@@ -515,6 +528,7 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
             args, **({"iterations": args.placement_iterations} if args.placement_iterations else {})
         ),
         reference_fit=reference_fit,
+        observation=_observation_config(args),
         seed=args.seed,
         repeats=args.repeats,
         alternatives=args.alternatives,

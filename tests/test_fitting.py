@@ -636,7 +636,11 @@ def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched
     monkeypatch.setattr(api_module, "fit_codes_posed", spy)
     searched = tiny_model.codes.detach().mean(0).numpy() + 0.05
     placement = PlacementConfig(
-        variant_turns=(0.0, 180.0), variant_scales=(1.0,), refit_variants=2, refit_searched_codes=searched_codes
+        variant_turns=(0.0, 180.0),
+        variant_scales=(1.0,),
+        refit_variants=2,
+        refit_searched_codes=searched_codes,
+        offset_rounds=0,  # the refit's batch alone (a one-view scan is polished by default)
     )
     fit = FitConfig(iterations=30, screen_iterations=30, nearest_starts=1)
     refit_placement(
