@@ -345,12 +345,16 @@ def fit_placement(
     base = [g["lr"] for g in opt.param_groups]
     log_s0 = math.log(s0)
 
+    def rotation() -> torch.Tensor:
+        """(H, 3, 3) each hypothesis' rotation, scan frame -> model frame."""
+        return _rot_y(yaw) @ _tilt(tilt) @ up if config.full_rotation else _rot_y(yaw)
+
     def observe(idx: torch.Tensor | None):
         p = local if idx is None else local[idx]
         n = n_t if idx is None else n_t[idx]
         scale = log_s.exp()
         eta_in = config.eta / scale  # (H,) offsets in scan units giving eta in model units
-        rot = _rot_y(yaw) @ _tilt(tilt) @ up if config.full_rotation else _rot_y(yaw)
+        rot = rotation()
         groups = [p.expand(H, -1, -1), p + eta_in[:, None, None] * n, p - eta_in[:, None, None] * n]
         targets = [0.0, config.eta, -config.eta]
         lower = [False, False, False]
@@ -415,7 +419,7 @@ def fit_placement(
                 k = min(20000, len(pts))
                 idx = torch.randperm(len(pts), generator=gen)[:k].to(dev)
                 final = loss_of(*observe(idx)).cpu().numpy()
-                rotations = (_rot_y(yaw) @ _tilt(tilt) @ up).double().cpu().numpy() if config.full_rotation else None
+                rotations = rotation().double().cpu().numpy() if config.full_rotation else None
     finally:
         for p, g in zip(dec.parameters(), grads, strict=True):
             p.requires_grad_(g)

@@ -179,10 +179,7 @@ class Worker:
         mode = str(params.get("placement", "estimate"))
         if mode not in ("estimate", "estimate_any", "reference", "known"):
             raise _error("InputError", f"unknown placement {mode!r} (estimate, estimate_any, reference or known)")
-        placement = PlacementConfig(
-            full_rotation=mode == "estimate_any",
-            **({"iterations": int(params["iterations"])} if params.get("iterations") else {}),
-        )
+        placement = PlacementConfig(full_rotation=mode == "estimate_any", **overrides)
         mesh_cfg = MeshConfig(resolution=int(params.get("resolution", 128)), normals=bool(params.get("normals", False)))
         scans = params.get("scans") or []
         alternatives = int(params.get("alternatives", 0))
