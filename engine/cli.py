@@ -106,6 +106,14 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         "ObservationConfig.eta; measured in docs/quality/completion.md)",
     )
     p.add_argument(
+        "--silhouette",
+        type=int,
+        metavar="N",
+        help="with a sensor: N points around the scan that the sensor saw past (outside its outline) are "
+        "known empty (default 0: off). Only for scans where every surface in view returned points; "
+        "docs/quality/completion.md",
+    )
+    p.add_argument(
         "--full-rotation",
         action="store_true",
         help="the scan may lie in any orientation (on its side, upside down): its up direction is searched "
@@ -122,7 +130,8 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
 def _observation_config(args: argparse.Namespace):
     from .observations import ObservationConfig
 
-    return ObservationConfig() if args.eta is None else ObservationConfig(eta=args.eta)
+    given = {"eta": args.eta, "silhouette_points": args.silhouette}
+    return ObservationConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def _placement_config(args: argparse.Namespace, **fields: object):

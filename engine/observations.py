@@ -51,10 +51,23 @@ class ObservationConfig:
     """Free-space points per surface point on its sensor ray (only when a sensor is known)."""
     free_space_range: tuple[float, float] = (0.5, 0.95)
     """Where on the ray from the sensor (0) to the surface point (1) free space is drawn."""
+    silhouette_points: int = 0
+    """Points around the scan that its sensor would have seen past the object's outline
+    (:func:`silhouette_free_points`), known to be outside; only with a sensor. 0 turns
+    them off. They assume every surface in view returned points: a part the scanner
+    missed (dark or shiny material, cut off by the frame, hidden by something cropped
+    away) would be carved."""
+    silhouette_margin: float = 2.0
+    """How far outside the outline (in the scan's angular point spacing seen from the
+    sensor, :func:`silhouette_free_points`) a direction must be to count as empty."""
 
     def __post_init__(self) -> None:
         if not 0 < self.eta < 0.5:
             raise InputError(f"eta must be in (0, 0.5) model units, got {self.eta}")
+        if self.silhouette_points < 0:
+            raise InputError(f"silhouette points must be 0 (off) or more, got {self.silhouette_points}")
+        if self.silhouette_margin <= 0:
+            raise InputError(f"silhouette margin must be positive, got {self.silhouette_margin}")
 
 
 def free_space_points(
@@ -77,6 +90,50 @@ def free_space_points(
         u = rng.uniform(fraction[0], fraction[1], (len(pts), 1))
         out.append(sens + u * (pts - sens))
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 3), np.float32)
+
+
+def silhouette_free_points(
+    surface: np.ndarray,
+    sensors: np.ndarray,
+    count: int,
+    margin: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Points known to be empty because the sensor saw past them: outside the scan's outline.
+
+    surface: (n, 3) scan points; sensors: (n, 3) each point's sensor position, same frame.
+    Candidates are drawn uniformly in the ball 1.5 times the scan's bounding sphere; one is
+    kept when, seen from some sensor, its direction is more than ``margin`` times that
+    sensor's angular point spacing (the median angle to a ray's 8th nearest ray) from
+    every direction in which the sensor got a return (an object there would have returned points; the ray towards it held nothing).
+    Returns (m, 3) float32, m <= count.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(surface, np.float64)
+    sens = np.asarray(sensors, np.float64)
+    if count <= 0 or len(pts) < 8:
+        return np.zeros((0, 3), np.float32)
+    centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    radius = 1.5 * float(np.linalg.norm(pts - centre, axis=1).max())
+    draw = 4 * count
+    cand = rng.standard_normal((draw, 3))
+    cand *= (radius * rng.uniform(0, 1, draw) ** (1 / 3) / np.linalg.norm(cand, axis=1))[:, None]
+    cand += centre
+    empty = np.zeros(draw, bool)
+    positions, which = np.unique(np.round(sens, 9), axis=0, return_inverse=True)
+    for j, s in enumerate(positions):
+        rays = pts[which.reshape(-1) == j] - s
+        if len(rays) < 8:
+            continue
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        tree = cKDTree(rays)
+        spacing = float(np.median(tree.query(rays, k=9, workers=-1)[0][:, -1]))
+        look = cand - s
+        look /= np.maximum(np.linalg.norm(look, axis=1, keepdims=True), 1e-12)
+        gap = tree.query(look, workers=-1)[0]
+        empty |= gap > margin * max(spacing, 1e-9)
+    return cand[empty][:count].astype(np.float32)
 
 
 def estimate_normals(points: np.ndarray, neighbours: int = 16, sensor: np.ndarray | None = None) -> np.ndarray:
@@ -157,12 +214,19 @@ def _assemble(
     config: ObservationConfig,
     rng: np.random.Generator,
     sensors: np.ndarray | None = None,
+    outline: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Observations:
+    """outline: (points (m, 3), sensors (m, 3)) the whole scan for the silhouette's
+    free space (denser than ``surface``); default ``(surface, sensors)``."""
     eta = config.eta
     far, far_sdf = _far_shell(config.far_points, rng)
     free = np.zeros((0, 3), np.float32)
     if sensors is not None and config.free_space_per_point > 0:
         free = free_space_points(surface, sensors, config.free_space_per_point, config.free_space_range, rng)
+    if sensors is not None and config.silhouette_points > 0:
+        src, src_sensors = outline if outline is not None else (surface, sensors)
+        carved = silhouette_free_points(src, src_sensors, config.silhouette_points, config.silhouette_margin, rng)
+        free = np.concatenate([free, carved])
     pts = np.concatenate([surface, surface + eta * normals, surface - eta * normals, far, free])
     n = len(surface)
     sdf = np.concatenate([np.zeros(n), np.full(n, eta), np.full(n, -eta), far_sdf, np.zeros(len(free))])
@@ -236,11 +300,12 @@ def observations_from_points(
         if config.denoise:
             pts = denoise_points(pts, config.normal_neighbours)
         normals = estimate_normals(pts, config.normal_neighbours, sensors)
+    outline = None if sensors is None else (pts, sensors)
     if len(pts) > config.surface_points:
         keep = rng.choice(len(pts), config.surface_points, replace=False)
         pts, normals = pts[keep], normals[keep]
         sensors = None if sensors is None else sensors[keep]
-    return _assemble(pts, np.asarray(normals, np.float32), config, rng, sensors)
+    return _assemble(pts, np.asarray(normals, np.float32), config, rng, sensors, outline)
 
 
 def observations_from_sdf_samples(path: str | Path) -> Observations:

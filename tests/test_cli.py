@@ -212,3 +212,7 @@ def test_extent_quantile_option_reaches_the_placement():
     assert _observation_config(build_parser().parse_args(["reconstruct", *base, "--eta", "0.03"])).eta == 0.03
     with pytest.raises(InputError, match="eta"):
         _observation_config(build_parser().parse_args(["reconstruct", *base, "--eta", "-1"]))
+    sil = _observation_config(build_parser().parse_args(["reconstruct", *base, "--silhouette", "2000"]))
+    assert sil.silhouette_points == 2000 and sil.eta == ObservationConfig().eta
+    with pytest.raises(InputError, match="silhouette"):
+        _observation_config(build_parser().parse_args(["reconstruct", *base, "--silhouette", "-5"]))

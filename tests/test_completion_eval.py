@@ -35,6 +35,32 @@ def test_free_space_lies_on_the_sensor_rays():
         observations_from_points(pts, normals, sensors[:10], cfg)
 
 
+def test_silhouette_free_space_lies_outside_the_shape_and_its_outline():
+    import torch
+
+    from engine.scan import orbit_camera, simulate_scan
+
+    sdf = SHAPES["capsule_pair"]
+    v, f = analytic_mesh(sdf, 64)
+    cam = orbit_camera(30, 25, 2.5)
+    scan = simulate_scan(v, f, cam, noise=0.005, seed=3)
+    cfg = ObservationConfig(far_points=0, free_space_per_point=0, silhouette_points=3000)
+    obs = observations_from_points(scan.points, None, scan.sensors, cfg)
+    carved = obs.points[obs.lower_bound]
+    assert 2000 <= len(carved) <= 3000
+    # every carved point is outside the shape, by more than the scan's noise
+    assert sdf(torch.from_numpy(carved)).min().item() > 0.01
+    # and seen from the sensor, none lies behind the scanned surface (in the outline's shadow)
+    sensor = scan.sensors[0]
+    rays = (scan.points - sensor) / np.linalg.norm(scan.points - sensor, axis=1, keepdims=True)
+    look = (carved - sensor) / np.linalg.norm(carved - sensor, axis=1, keepdims=True)
+    assert cKDTree(rays).query(look)[0].min() > cKDTree(rays).query(rays, k=2)[0][:, 1].max()
+    # they come only with a sensor, and margin 0 or a negative count is refused
+    assert not observations_from_points(scan.points, None, None, cfg).lower_bound.any()
+    with pytest.raises(InputError, match="silhouette"):
+        ObservationConfig(silhouette_margin=0)
+
+
 def test_denoise_projects_onto_the_surface():
     rng = np.random.default_rng(1)
     xy = rng.uniform(-1, 1, (4000, 2))
