@@ -5,7 +5,8 @@ A surface point gets SDF 0; the points ``eta`` along its outward normal get
 to be outside (a lower bound, since every shape lies within radius ~0.971).
 When the sensor position is known, points on each ray between the sensor and the
 surface point it saw are free space: known to be outside (SDF >= 0), drawn on the
-part ``free_space_range`` of the way from the sensor to the surface. Normals come from faces, or are estimated from the k nearest
+part ``free_space_range`` of the way from the sensor to the surface; optionally
+(``silhouette_points``) so are points the sensor saw past, outside the scan's outline. Normals come from faces, or are estimated from the k nearest
 neighbours of a point cloud (PCA) and oriented towards the sensor when its
 position is known, else away from the cloud's centre.
 """
@@ -56,7 +57,10 @@ class ObservationConfig:
     (:func:`silhouette_free_points`), known to be outside; only with a sensor. 0 turns
     them off. They assume every surface in view returned points: a part the scanner
     missed (dark or shiny material, cut off by the frame, hidden by something cropped
-    away) would be carved."""
+    away) would be carved. Measured (session 14; one-view scans of the 16 held-out
+    chairs, 1 % noise, ``fast``): 2,000 points lowered the known-pose Chamfer to 0.92x
+    (32 scans, 19 better), gained nothing with an unknown pose (1.03x, 16 scans), and
+    5,000 collapsed two chairs whose scans had 1.8-3.3k points (docs/quality/completion.md)."""
     silhouette_margin: float = 2.0
     """How far outside the outline (in the scan's angular point spacing seen from the
     sensor, :func:`silhouette_free_points`) a direction must be to count as empty."""
