@@ -6,9 +6,10 @@ to be outside (a lower bound, since every shape lies within radius ~0.971).
 When the sensor position is known, points on each ray between the sensor and the
 surface point it saw are free space: known to be outside (SDF >= 0), drawn on the
 part ``free_space_range`` of the way from the sensor to the surface; optionally
-(``silhouette_points``) so are points the sensor saw past, outside the scan's outline. Normals come from faces, or are estimated from the k nearest
-neighbours of a point cloud (PCA) and oriented towards the sensor when its
-position is known, else away from the cloud's centre.
+(``silhouette_points``) so are points the sensor saw past, outside the scan's
+outline. Normals come from faces, or are estimated from the k nearest neighbours of
+a point cloud (PCA) and oriented towards the sensor when its position is known, else
+away from the cloud's centre.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def silhouette_free_points(
     Candidates are drawn uniformly in the ball 1.5 times the scan's bounding sphere; one is
     kept when, seen from some sensor, its direction is more than ``margin`` times that
     sensor's angular point spacing (the median angle to a ray's 8th nearest ray) from
-    every direction in which the sensor got a return (an object there would have returned points; the ray towards it held nothing).
-    Returns (m, 3) float32, m <= count.
+    every direction in which the sensor got a return: a surface there would have
+    returned points, so the ray through it met nothing. Returns (m, 3) float32, m <= count.
     """
     from scipy.spatial import cKDTree
 

@@ -55,7 +55,7 @@ def test_silhouette_free_space_lies_outside_the_shape_and_its_outline():
     rays = (scan.points - sensor) / np.linalg.norm(scan.points - sensor, axis=1, keepdims=True)
     look = (carved - sensor) / np.linalg.norm(carved - sensor, axis=1, keepdims=True)
     assert cKDTree(rays).query(look)[0].min() > cKDTree(rays).query(rays, k=2)[0][:, 1].max()
-    # they come only with a sensor, and margin 0 or a negative count is refused
+    # they come only with a sensor; a margin of 0 is refused
     assert not observations_from_points(scan.points, None, None, cfg).lower_bound.any()
     with pytest.raises(InputError, match="silhouette"):
         ObservationConfig(silhouette_margin=0)
