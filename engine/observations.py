@@ -127,8 +127,9 @@ def silhouette_free_points(
     cand += centre
     empty = np.zeros(draw, bool)
     positions, which = np.unique(np.round(sens, 9), axis=0, return_inverse=True)
+    which = which.reshape(-1)
     for j, s in enumerate(positions):
-        rays = pts[which.reshape(-1) == j] - s
+        rays = pts[which == j] - s
         if len(rays) < 8:
             continue
         rays /= np.linalg.norm(rays, axis=1, keepdims=True)

@@ -204,10 +204,14 @@ def test_extent_quantile_option_reaches_the_placement():
     assert off.offset_rounds == 0 and not off.full_rotation
     full = _placement_config(build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--full-rotation"]))
     assert full.full_rotation
-    from engine.cli import _observation_config
+
+
+def test_observation_options_reach_the_config():
+    from engine.cli import _observation_config, build_parser
     from engine.errors import InputError
     from engine.observations import ObservationConfig
 
+    base = ["--model", "m", "--input", "i.ply", "--out", "o.ply"]
     assert _observation_config(build_parser().parse_args(["reconstruct", *base])) == ObservationConfig()
     assert _observation_config(build_parser().parse_args(["reconstruct", *base, "--eta", "0.03"])).eta == 0.03
     with pytest.raises(InputError, match="eta"):
