@@ -19,6 +19,8 @@ from engine.training import TrainConfig, load_samples, snapshot_path, train
 from tests.analytic import SHAPES, analytic_mesh
 from tests.conftest import REPO
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
 TINY = json.dumps(
     {"code_length": 8, "hidden_dims": [96, 96, 96, 96], "skip_layers": [2], "dropout_prob": 0.0, "dropout_layers": []}
 )
@@ -109,6 +111,12 @@ def test_two_process_ddp_matches_one_process(data_dir, tmp_path):
         json.dumps(cfg.to_dict()),
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and TEARDOWN_ABORT in proc.stderr:
+        # seen once in ~20 runs, on a loaded 2-core machine: a rank aborts in gloo's thread
+        # teardown at interpreter exit (after destroy_process_group). Run the job once more;
+        # any other failure, or the same one twice, fails the test.
+        out.unlink(missing_ok=True)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = load_model(out)
     for key, value in single.decoder.state_dict().items():
