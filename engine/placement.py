@@ -85,7 +85,7 @@ class PlacementConfig:
     also 0.02). Measured on the 16 held-out chairs (one view, 1 % noise, sensor known,
     ``fast``, CPU, 32 scans; docs/quality/completion.md, session 15): 0.01 -> 0.02 took the
     unknown-pose mean / median Chamfer from 8.95 / 3.06 to 8.19 / 2.81 (x 1e3; 0.91 x,
-    95 % interval 0.79-1.09, 18 of 32 better), unknown / known 1.20 -> 1.10."""
+    95 % interval 0.79-1.08, 18 of 32 better), unknown / known 1.20 -> 1.09."""
     clamp: float = 0.1
     prior_weight: float = 1e-4
     free_space_per_point: int = 1
