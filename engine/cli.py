@@ -102,8 +102,8 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eta",
         type=float,
-        help="offset of the +-eta observations along the scan's normals, model units (default: "
-        "ObservationConfig.eta; measured in docs/quality/completion.md)",
+        help="offset of the +-eta observations along the scan's normals, model units, in the fit and "
+        "the placement search (default: ObservationConfig.eta; measured in docs/quality/completion.md)",
     )
     p.add_argument(
         "--silhouette",

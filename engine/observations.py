@@ -37,7 +37,7 @@ class ObservationConfig:
     11.85 / 3.43, 0.304; 0.01 9.10 / 5.08, 0.431; **0.02 7.68 / 2.80, 0.450**; 0.03 7.56
     / 4.07, 0.415. Three views 0.005 11.86 / 7.93; 0.01 9.69 / 3.02, 0.451; **0.02 7.75 /
     2.42, 0.486** (11 of 16 chairs better than 0.01 in both; docs/quality/completion.md).
-    The placement search has its own (``PlacementConfig.eta``)."""
+    The placement search uses the same unless ``PlacementConfig.eta`` is set."""
     far_points: int = 2_000
     """Points on a shell of radius 1.0-1.2, known outside by at least r - 1/1.03."""
     normal_neighbours: int = 16

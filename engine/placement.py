@@ -38,7 +38,7 @@ from torch.nn.utils import parametrize
 from .errors import InputError
 from .frames import RADIUS_MARGIN, bounding_extent, rotation_y
 from .model import ShapeModel
-from .observations import denoise_points, estimate_normals, outlier_mask
+from .observations import ObservationConfig, denoise_points, estimate_normals, outlier_mask
 from .progress import ProgressCallback, report
 
 
@@ -80,10 +80,12 @@ class PlacementConfig:
     Measured on 6 held-out chairs (one view, 1 % noise, random similarity pose): 200 steps
     with 256 / 1024 points gave a mean Chamfer of 17.0e-3 in 10 s, the earlier 250 steps
     with 512 / 2048 gave 19.8e-3 in 28 s; 150 steps with 256 / 512 lost a yaw (31.5e-3)."""
-    eta: float = 0.02
-    """Offset along normals in the search, model units (the refit's is ``ObservationConfig.eta``,
-    also 0.02). Measured on the 16 held-out chairs (one view, 1 % noise, sensor known,
-    ``fast``, CPU, 32 scans; docs/quality/completion.md, session 15): 0.01 -> 0.02 took the
+    eta: float | None = None
+    """Offset along normals in the search, model units; None: the observations' eta
+    (``ObservationConfig.eta``, 0.02), which :func:`engine.api.complete` passes in, so
+    ``reconstruct --eta`` moves the search and the refit together. Measured on the 16
+    held-out chairs (one view, 1 % noise, sensor known, ``fast``, CPU, 32 scans, refit at
+    0.02; docs/quality/completion.md, session 15): the search at 0.01 -> 0.02 took the
     unknown-pose mean / median Chamfer from 8.95 / 3.06 to 8.19 / 2.81 (x 1e3; 0.91 x,
     95 % interval 0.79-1.08, 18 of 32 better), unknown / known 1.20 -> 1.09."""
     clamp: float = 0.1
@@ -305,6 +307,9 @@ def fit_placement(
     Normals are estimated (and turned towards the sensors when given) when missing.
     """
     t_start = time.perf_counter()
+    eta = ObservationConfig().eta if config.eta is None else config.eta
+    if not 0 < eta < 0.5:
+        raise InputError(f"eta must be in (0, 0.5) model units, got {eta}")
     pts = np.asarray(points, np.float64).reshape(-1, 3)
     if len(pts) < 10:
         raise InputError("a scan needs at least 10 points")
@@ -357,10 +362,10 @@ def fit_placement(
         p = local if idx is None else local[idx]
         n = n_t if idx is None else n_t[idx]
         scale = log_s.exp()
-        eta_in = config.eta / scale  # (H,) offsets in scan units giving eta in model units
+        eta_in = eta / scale  # (H,) offsets in scan units giving eta in model units
         rot = rotation()
         groups = [p.expand(H, -1, -1), p + eta_in[:, None, None] * n, p - eta_in[:, None, None] * n]
-        targets = [0.0, config.eta, -config.eta]
+        targets = [0.0, eta, -eta]
         lower = [False, False, False]
         if sensors is not None and config.free_space_per_point > 0:
             o = sens if idx is None else sens[idx]

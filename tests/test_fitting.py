@@ -660,3 +660,36 @@ def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched
     assert sum(np.allclose(p, np.eye(4)) for p in poses) >= 1
     assert any(np.allclose(p[:3, :3], np.diag([-1.0, 1.0, -1.0]), atol=1e-9) for p in poses)
     assert len(codes) <= 3 + searched_codes
+
+
+@pytest.mark.parametrize(("observed", "searched", "expected"), [(0.03, None, 0.03), (0.03, 0.015, 0.015)])
+def test_the_search_scores_poses_on_the_observations_eta(tiny_model, monkeypatch, observed, searched, expected):
+    """The placement search takes the fit's eta unless its own is set, so ``--eta`` moves both."""
+    import engine.api as api
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def spy(model, pts, normals, sensors, config, on_progress=None):
+        seen.append(config.eta)
+        raise Stop
+
+    monkeypatch.setattr(api, "fit_placement", spy)
+    v, f = analytic_mesh(SHAPES["box"], 32)
+    with pytest.raises(Stop):
+        reconstruct(
+            tiny_model, v, f, observation=ObservationConfig(eta=observed), placement=PlacementConfig(eta=searched)
+        )
+    assert seen == [expected]
+
+
+def test_the_search_refuses_an_eta_out_of_range(tiny_model):
+    from engine.placement import PlacementConfig, fit_placement
+
+    pts = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(InputError, match="eta"):
+        fit_placement(tiny_model, pts, None, None, PlacementConfig(eta=0.6))
