@@ -82,7 +82,7 @@ class PlacementConfig:
     with 512 / 2048 gave 19.8e-3 in 28 s; 150 steps with 256 / 512 lost a yaw (31.5e-3)."""
     eta: float | None = None
     """Offset along normals in the search, model units; None: the observations' eta
-    (``ObservationConfig.eta``, 0.02), which :func:`engine.api.complete` passes in, so
+    (``ObservationConfig.eta``, 0.02), which :func:`engine.api.reconstruct` passes in, so
     ``reconstruct --eta`` moves the search and the refit together. Measured on the 16
     held-out chairs (one view, 1 % noise, sensor known, ``fast``, CPU, 32 scans, refit at
     0.02; docs/quality/completion.md, session 15): the search at 0.01 -> 0.02 took the
