@@ -274,3 +274,5 @@ def test_evaluation_repeats_scan_each_shape_again(tiny_model):
     (entry,) = result.summary()
     assert (entry["shapes"], entry["cases"]) == (1, 2) and entry["chamfer_mean"] == pytest.approx((a + b) / 2)
     assert result.config["repeats"] == 2
+    # the JSON says which eta the fit and the search used (the search's None means the fit's)
+    assert result.config["observation"]["eta"] == result.config["placement"]["eta"] == config.observation.eta
