@@ -202,8 +202,7 @@ def reconstruct(
     sensors = _sensors(sensor, len(vertices), is_mesh)
     total = 1000
     if not known_frame and placement is not None:
-        if placement.eta is None:  # the search scores poses on the refit's +-eta
-            placement = replace(placement, eta=observation.eta)
+        placement = replace(placement, eta=placement.eta_for(observation))  # the refit's +-eta unless set
         if is_mesh:
             pts, normals = sample_surface(vertices, faces, observation.surface_points, fit.seed)
             point_sensors = None if sensors is None else np.broadcast_to(sensors, pts.shape)

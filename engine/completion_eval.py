@@ -387,7 +387,6 @@ def evaluate_completion(
                 done += 1
                 report(on_progress, done, total, f"{name}: {cond.label}")
 
-    search_eta = config.observation.eta if config.placement.eta is None else config.placement.eta
     cfg = {
         "views": list(config.views),
         "noise": list(config.noise),
@@ -397,7 +396,7 @@ def evaluate_completion(
         "resolution": config.resolution,
         "reference_fit": asdict(config.reference_fit),
         "fit": asdict(config.fit),
-        "placement": asdict(config.placement) | {"eta": search_eta},
+        "placement": asdict(config.placement) | {"eta": config.placement.eta_for(config.observation)},
         "observation": asdict(config.observation),
         "model": model.identity,
         "shapes": [s[0] for s in shapes],

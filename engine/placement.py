@@ -193,6 +193,11 @@ class PlacementConfig:
     variant too, not only the mean code (the hypotheses always get them)."""
     seed: int = 0
 
+    def eta_for(self, observation: ObservationConfig | None = None) -> float:
+        """The search's eta: its own when set, else the observations' (``observation``, or
+        the default :class:`ObservationConfig`)."""
+        return (observation or ObservationConfig()).eta if self.eta is None else self.eta
+
 
 @dataclass
 class PlacementResult:
@@ -307,7 +312,7 @@ def fit_placement(
     Normals are estimated (and turned towards the sensors when given) when missing.
     """
     t_start = time.perf_counter()
-    eta = ObservationConfig().eta if config.eta is None else config.eta
+    eta = config.eta_for()
     if not 0 < eta < 0.5:
         raise InputError(f"eta must be in (0, 0.5) model units, got {eta}")
     pts = np.asarray(points, np.float64).reshape(-1, 3)
