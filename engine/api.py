@@ -560,7 +560,10 @@ def refit_placement(
         np.stack(starts),
         replace(fit, iterations=placement.refit_iterations),
         on_progress=scaled(on_progress, 300, 400 if rounds else 700, 1000),
+        pose_lr=placement.refit_pose_lr,
     )
+    if final.poses is not None:
+        stacked = final.poses @ ref
     order = np.argsort(final.restart_losses, kind="stable")
     candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
     leaders = candidates[: max(1, placement.offset_candidates)] if rounds else []
@@ -630,9 +633,11 @@ def polish_offset(
         screen.codes[chosen],
         replace(fit, iterations=placement.refit_iterations),
         on_progress=scaled(on_progress, 400, 600, 1000),
+        pose_lr=placement.refit_pose_lr,
     )
     best = int(np.argmin(final.restart_losses))
-    return final.codes[best], poses[chosen[best]], float(final.restart_losses[best])
+    pose = poses[chosen[best]] if final.poses is None else final.poses[best] @ np.linalg.inv(to_ref)
+    return final.codes[best], pose, float(final.restart_losses[best])
 
 
 def _sensors(sensor: np.ndarray | None, n: int, is_mesh: bool) -> np.ndarray | None:

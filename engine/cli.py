@@ -120,6 +120,13 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         "too (6 candidate ups x the yaws), not only the yaw about y",
     )
     p.add_argument(
+        "--pose-refine",
+        type=float,
+        metavar="LR",
+        help="also fit a small correction of each candidate placement (translation, scale, yaw) with the code "
+        "in the refits, at this Adam learning rate (default 0: off; measured in docs/quality/completion.md)",
+    )
+    p.add_argument(
         "--offset-candidates",
         type=int,
         metavar="N",
@@ -137,7 +144,11 @@ def _observation_config(args: argparse.Namespace):
 def _placement_config(args: argparse.Namespace, **fields: object):
     from .placement import PlacementConfig
 
-    given = {"offset_rounds": args.offset_polish, "offset_candidates": args.offset_candidates}
+    given = {
+        "offset_rounds": args.offset_polish,
+        "offset_candidates": args.offset_candidates,
+        "refit_pose_lr": args.pose_refine,
+    }
     return PlacementConfig(
         extent_quantile=args.extent_quantile,
         full_rotation=args.full_rotation,

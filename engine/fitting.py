@@ -211,6 +211,9 @@ class FitResult:
     seconds: float = 0.0
     cuda_graph: bool = False
     """Whether the steps ran as a replayed CUDA graph."""
+    poses: np.ndarray | None = None
+    """(b, 4, 4) from :func:`fit_codes_posed` with ``pose_lr``: each pose with its fitted
+    correction (:func:`pose_correction` ``@ poses[j]``); None: the poses were held."""
 
 
 def _learning_rate(config: FitConfig, step: int) -> float:
@@ -392,6 +395,39 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 
 
+def pose_correction(params: np.ndarray) -> np.ndarray:
+    """The similarity ``x -> exp(log_scale) * R_y(yaw) @ x + t`` of the model frame as (b, 4, 4),
+    from params (b, 5) = (t (3,) model units, log_scale, yaw radians); what
+    :func:`fit_codes_posed` fits with ``pose_lr``."""
+    p = np.asarray(params, np.float64).reshape(-1, 5)
+    out = np.repeat(np.eye(4)[None], len(p), axis=0)
+    c, s = np.cos(p[:, 4]), np.sin(p[:, 4])
+    rot = np.zeros((len(p), 3, 3))
+    rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, s, 1.0, -s, c
+    out[:, :3, :3] = np.exp(p[:, 3])[:, None, None] * rot
+    out[:, :3, 3] = p[:, :3]
+    return out
+
+
+def _corrected(pose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x (b, m, 3) moved by each code's :func:`pose_correction` (pose (b, 5))."""
+    c, s = torch.cos(pose[:, 4:5]), torch.sin(pose[:, 4:5])
+    px, py, pz = x[..., 0], x[..., 1], x[..., 2]
+    moved = torch.stack([c * px + s * pz, py, -s * px + c * pz], -1)
+    return pose[:, 3].exp()[:, None, None] * moved + pose[:, None, :3]
+
+
+def _adam(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, k: torch.Tensor):
+    """One Adam step in place (as ``torch.optim.Adam``; ``k``: the 1-based step, a tensor)."""
+    b1, b2 = _ADAM_BETAS
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    bias1 = 1 - torch.pow(b1, k)
+    bias2 = 1 - torch.pow(b2, k)
+    denom = (v.sqrt() / bias2.sqrt()).add_(_ADAM_EPS)
+    param.sub_(lr / bias1 * m / denom)
+
+
 class _FitLoop:
     """The fitting loop as tensors on the device: one :meth:`step` reads the step
     number from a device counter, so a CUDA graph of it replays every step (Adam as
@@ -406,8 +442,12 @@ class _FitLoop:
         indices: torch.Tensor | None,
         precision: str,
         points: torch.Tensor | None = None,
+        pose_lr: float = 0.0,
     ) -> None:
-        """points: (b, n, 3), one set per code, in place of ``obs.points`` (shared)."""
+        """points: (b, n, 3), one set per code, in place of ``obs.points`` (shared).
+        pose_lr: above 0, a correction per code (:func:`pose_correction`) of the rows not
+        marked ``obs.fixed`` is fitted with the codes (Adam, this learning rate on the
+        same schedule)."""
         dev = model.device
         self.dec = model.decoder
         self.config = config
@@ -425,35 +465,46 @@ class _FitLoop:
         self.w = torch.from_numpy(obs.weights).to(dev) if obs.weights is not None else None
         self.lo = torch.from_numpy(obs.lower_bound).to(dev) if obs.lower_bound is not None else None
         self.used_graph = False
+        self.pose: torch.Tensor | None = None
+        if pose_lr > 0:
+            self.pose = torch.zeros(len(self.codes), 5, device=dev, requires_grad=True)
+            self.pose_m = torch.zeros_like(self.pose)
+            self.pose_v = torch.zeros_like(self.pose)
+            scale = pose_lr / config.lr if config.lr > 0 else 0.0
+            self.pose_lrs = self.lrs * scale
+            moving = np.ones(len(obs), bool) if obs.fixed is None else ~obs.fixed
+            self.moving = torch.from_numpy(moving).to(dev)
 
     def step(self) -> None:
         # indexing with a 0-d tensor would read it on the host: index_select keeps it on the device
         c, i = self.config, self.step_index.view(1)
+        moving = None
         if self.indices is None:
             x, t, ww, ll = self.pts, self.tgt, self.w, self.lo
+            moving = None if self.pose is None else self.moving
         else:
             idx = self.indices.index_select(0, i)[0]
             x, t = self.pts[..., idx, :], self.tgt[idx]
             ww = None if self.w is None else self.w[idx]
             ll = None if self.lo is None else self.lo[idx]
+            moving = None if self.pose is None else self.moving[idx]
         codes = self.codes
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(len(codes), -1, -1)
+        if self.pose is not None:
+            x = torch.where(moving[None, :, None], _corrected(self.pose, x), x)
         with compute_precision(codes.device, self.precision):
             pred = self.dec.forward_codes(codes, x)
         err = _per_point_loss(pred.float(), t, ll, c.clamp)
         data = (err * ww).sum(1) / ww.sum().clamp(min=1e-12) if ww is not None else err.mean(1)
         loss = data + c.prior_weight * codes.pow(2).mean(dim=1)
-        (grad,) = torch.autograd.grad(loss.sum(), codes)
+        params = [codes] if self.pose is None else [codes, self.pose]
+        grads = torch.autograd.grad(loss.sum(), params)
         with torch.no_grad():
-            b1, b2 = _ADAM_BETAS
             k = (i + 1).float()
-            self.m.mul_(b1).add_(grad, alpha=1 - b1)
-            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            bias1 = 1 - torch.pow(b1, k)
-            bias2 = 1 - torch.pow(b2, k)
-            denom = (self.v.sqrt() / bias2.sqrt()).add_(_ADAM_EPS)
-            codes.sub_(self.lrs.index_select(0, i) / bias1 * self.m / denom)
+            _adam(codes, grads[0], self.m, self.v, self.lrs.index_select(0, i), k)
+            if self.pose is not None:
+                _adam(self.pose, grads[1], self.pose_m, self.pose_v, self.pose_lrs.index_select(0, i), k)
             self.history.index_copy_(0, i, loss.detach().mean().view(1))
             self.step_index += 1
 
@@ -586,6 +637,7 @@ def fit_codes_posed(
     config: FitConfig = FitConfig(),
     loss_rows: int = 0,
     on_progress: ProgressCallback | None = None,
+    pose_lr: float = 0.0,
 ) -> FitResult:
     """Fit one code per pose, all as one batch: code ``j`` sees ``obs`` moved by ``poses[j]``.
 
@@ -595,8 +647,12 @@ def fit_codes_posed(
     the few-percent scale differences of candidates). initial_codes: (b, L). Rows
     marked ``obs.fixed`` (the far shell) belong to the model frame and do not move.
     loss_rows: score the final codes on this many seeded rows (0: all).
+    pose_lr: above 0, each pose is corrected too: a small similarity of the model frame
+    (:func:`pose_correction`: translation, log scale, yaw about the vertical; Adam with this
+    learning rate on ``config.schedule``) applied after ``poses[j]``, fitted with the code.
     Returns a :class:`FitResult` whose ``restart_losses`` (b,) and ``codes`` (b, L) are
-    per pose; ``code`` / ``loss`` are the lowest.
+    per pose; ``code`` / ``loss`` are the lowest; ``poses`` (b, 4, 4) the corrected poses
+    when ``pose_lr`` (scored at them).
     """
     t0 = time.perf_counter()
     dev = model.device
@@ -606,7 +662,11 @@ def fit_codes_posed(
     gen = torch.Generator().manual_seed(config.seed)
     indices = _draw_samples(obs.sdf, config.samples_per_iteration, config.balance_signs, config.iterations, gen)
     precision = resolve_precision(config.precision, dev, CUDA_FIT_PRECISION)
-    loop = _run_frozen(model, _FitLoop(model, obs, config, codes, indices, precision, points), on_progress)
+    loop = _run_frozen(model, _FitLoop(model, obs, config, codes, indices, precision, points, pose_lr), on_progress)
+    fitted = None
+    if loop.pose is not None:
+        fitted = pose_correction(loop.pose.detach().cpu().numpy()) @ poses
+        points = _posed_points(obs, fitted)
     scored, rows = obs, points
     if 0 < loss_rows < len(obs):
         pick = np.sort(np.random.default_rng(config.seed).choice(len(obs), loss_rows, replace=False))
@@ -614,7 +674,9 @@ def fit_codes_posed(
         rows = points[:, torch.from_numpy(pick)]
     # fp32 as in fit_code: candidates a fraction of a percent apart are ranked
     losses = _code_losses(model, loop.codes.detach(), scored, rows, config, precision="fp32").cpu().numpy()
-    return _result(loop, losses, t0)
+    result = _result(loop, losses, t0)
+    result.poses = fitted
+    return result
 
 
 def screen_codes_posed(

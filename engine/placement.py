@@ -178,6 +178,10 @@ class PlacementConfig:
     repeat 1 9.00 / 4.18 -> 9.74 / 3.55, 9 of 16 better; unknown / known 1.12 over the
     32); three views with 5 % outliers (16 scans) 13.54 -> 14.78, worse (two rounds on
     the winner alone: 10 of 16 chairs worse), hence single views only."""
+    refit_pose_lr: float = 0.0
+    """Above 0: the refits (and the translation polish's) also fit a small correction of
+    each candidate's pose — translation, scale and yaw (:func:`engine.fitting.pose_correction`)
+    — by gradient descent with the code, at this Adam learning rate; 0: poses held."""
     offset_candidates: int = 2
     """Refit candidates the polish runs on (the lowest losses); the lowest polished loss wins."""
     refit_searched_codes: bool = False

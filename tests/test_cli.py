@@ -204,6 +204,9 @@ def test_extent_quantile_option_reaches_the_placement():
     assert off.offset_rounds == 0 and not off.full_rotation
     full = _placement_config(build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--full-rotation"]))
     assert full.full_rotation
+    assert default.refit_pose_lr == 0.0  # poses held in the refits unless asked
+    refine = _placement_config(build_parser().parse_args(["reconstruct", *base, "--pose-refine", "3e-3"]))
+    assert refine.refit_pose_lr == pytest.approx(3e-3)
 
 
 def test_observation_options_reach_the_config():
