@@ -417,7 +417,9 @@ def _corrected(pose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return pose[:, 3].exp()[:, None, None] * moved + pose[:, None, :3]
 
 
-def _adam(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, k: torch.Tensor):
+def _adam(
+    param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, k: torch.Tensor
+) -> None:
     """One Adam step in place (as ``torch.optim.Adam``; ``k``: the 1-based step, a tensor)."""
     b1, b2 = _ADAM_BETAS
     m.mul_(b1).add_(grad, alpha=1 - b1)
@@ -478,7 +480,6 @@ class _FitLoop:
     def step(self) -> None:
         # indexing with a 0-d tensor would read it on the host: index_select keeps it on the device
         c, i = self.config, self.step_index.view(1)
-        moving = None
         if self.indices is None:
             x, t, ww, ll = self.pts, self.tgt, self.w, self.lo
             moving = None if self.pose is None else self.moving
@@ -655,6 +656,8 @@ def fit_codes_posed(
     when ``pose_lr`` (scored at them).
     """
     t0 = time.perf_counter()
+    if not pose_lr >= 0:
+        raise InputError(f"pose_lr must be 0 (poses held) or more, got {pose_lr}")
     dev = model.device
     poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
     codes = torch.as_tensor(np.asarray(initial_codes, np.float32).reshape(len(poses), model.code_length))

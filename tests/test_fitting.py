@@ -737,6 +737,8 @@ def test_posed_fit_with_pose_lr_pulls_a_misplaced_scan_back(tiny_model):
 
     held = fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit)
     assert held.poses is None
+    with pytest.raises(InputError, match="pose_lr"):
+        fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit, pose_lr=-1e-3)
     moved = fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit, pose_lr=3e-3)
     assert moved.poses.shape == (1, 4, 4)
     before, after = misfit(wrong), misfit(moved.poses[0])
@@ -778,6 +780,7 @@ def test_refit_placement_with_pose_refinement_returns_the_corrected_pose(tiny_mo
         tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
     )
     np.testing.assert_allclose(candidates[0].input_to_model, i2m, atol=1e-12)
+    np.testing.assert_allclose(candidates[0].code, code)
     assert candidates[0].loss == pytest.approx(loss)
     assert misfit(found) > 0.04
     assert misfit(i2m) < 0.5 * misfit(found), (misfit(found), misfit(i2m))
