@@ -429,13 +429,11 @@ def test_posed_fit_at_the_identity_is_the_plain_fit(tiny_model):
     np.testing.assert_allclose(moved[1][~obs.fixed], 2.0 * obs.points[~obs.fixed] + [1.0, 0.0, 0.0], atol=1e-5)
 
 
-def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
-    """A search result 90 degrees and 4 % off: the screened variants of it contain the
-    true pose, and the refit's loss picks it (the box is not square, so turned it fits worse)."""
-    from engine.api import pose_variants, refit_placement
+def _placed_box_scan():
+    """A clean three-view scan of the box, placed at 1.7 x, turned -35 degrees and moved:
+    (v, f) the box in the model frame, the scan (model frame), m2i (4, 4) the placement,
+    pts and sensors (n, 3) the scan in its placed frame."""
     from engine.frames import rotation_y
-    from engine.observations import ObservationConfig
-    from engine.placement import PlacementConfig
     from engine.scan import orbit_camera, simulate_scan
 
     v, f = analytic_mesh(SHAPES["box"], 64)
@@ -444,8 +442,18 @@ def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
     m2i = np.eye(4)
     m2i[:3, :3] = 1.7 * rotation_y(np.radians(-35))
     m2i[:3, 3] = [0.5, -1.0, 2.0]
-    pts = scan.points @ m2i[:3, :3].T + m2i[:3, 3]
-    sensors = scan.sensors @ m2i[:3, :3].T + m2i[:3, 3]
+    return v, f, scan, m2i, scan.points @ m2i[:3, :3].T + m2i[:3, 3], scan.sensors @ m2i[:3, :3].T + m2i[:3, 3]
+
+
+def test_refit_placement_finds_a_turned_and_scaled_pose(tiny_model):
+    """A search result 90 degrees and 4 % off: the screened variants of it contain the
+    true pose, and the refit's loss picks it (the box is not square, so turned it fits worse)."""
+    from engine.api import pose_variants, refit_placement
+    from engine.frames import rotation_y
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+
+    v, f, _, m2i, pts, sensors = _placed_box_scan()
     wrong = np.eye(4)
     wrong[:3, :3] = 1.04 * rotation_y(np.radians(90))
     found = wrong @ np.linalg.inv(m2i)
@@ -751,19 +759,10 @@ def test_refit_placement_with_pose_refinement_returns_the_corrected_pose(tiny_mo
     """refit_pose_lr: the refit's candidates come back at their corrected poses, and the
     winner's maps the scan nearer the truth than the searched pose did."""
     from engine.api import refit_placement
-    from engine.frames import rotation_y
     from engine.observations import ObservationConfig
     from engine.placement import PlacementConfig
-    from engine.scan import orbit_camera, simulate_scan
 
-    v, f = analytic_mesh(SHAPES["box"], 64)
-    cams = [orbit_camera(a, 25, 2.5) for a in (20, 140, 260)]
-    scan = simulate_scan(v, f, cams, noise=0.0, seed=1)
-    m2i = np.eye(4)
-    m2i[:3, :3] = 1.7 * rotation_y(np.radians(-35))
-    m2i[:3, 3] = [0.5, -1.0, 2.0]
-    pts = scan.points @ m2i[:3, :3].T + m2i[:3, 3]
-    sensors = scan.sensors @ m2i[:3, :3].T + m2i[:3, 3]
+    *_, scan, m2i, pts, sensors = _placed_box_scan()
     wrong = np.eye(4)
     wrong[:3, :3] *= 1.03
     wrong[:3, 3] = [0.03, 0.02, -0.03]
