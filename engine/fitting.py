@@ -660,7 +660,8 @@ def fit_codes_posed(
         raise InputError(f"pose_lr must be 0 (poses held) or more, got {pose_lr}")
     dev = model.device
     poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
-    codes = torch.as_tensor(np.asarray(initial_codes, np.float32).reshape(len(poses), model.code_length))
+    # a copy: the loop updates its codes in place, the caller's array stays as it was
+    codes = torch.tensor(np.asarray(initial_codes, np.float32).reshape(len(poses), model.code_length))
     points = _posed_points(obs, poses)
     gen = torch.Generator().manual_seed(config.seed)
     indices = _draw_samples(obs.sdf, config.samples_per_iteration, config.balance_signs, config.iterations, gen)

@@ -743,8 +743,10 @@ def test_posed_fit_with_pose_lr_pulls_a_misplaced_scan_back(tiny_model):
         """Mean distance of the scan's points from where the truth (the identity) puts them."""
         return float(np.linalg.norm(scan.points @ pose[:3, :3].T + pose[:3, 3] - scan.points, axis=1).mean())
 
+    kept = code.copy()
     held = fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit)
     assert held.poses is None
+    np.testing.assert_array_equal(code, kept)  # the start (a view of the model's codes) is not written to
     with pytest.raises(InputError, match="pose_lr"):
         fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit, pose_lr=-1e-3)
     moved = fit_codes_posed(tiny_model, obs, wrong[None], code[None], fit, pose_lr=3e-3)
