@@ -186,9 +186,9 @@ class PlacementConfig:
     16 held-out chairs, three views, 5 % outliers, 1 % noise (``fast``, CPU, 32 scans;
     docs/quality/completion.md, session 19): 3e-3 took the unknown-pose mean / median
     Chamfer from 6.42 / 2.24 to 5.04 / 2.16 (x 1e3; 0.78 x, 95 % interval 0.68-0.94, 23 of
-    32 better); 1e-2 was worse than 3e-3 on 5 of 5 selected scans. Off by default until
-    measured on the other cells and with the bundled model (session 8 found a gradient
-    pose step drifting with it)."""
+    32 better); 1e-2 was worse than 3e-3 on 5 of 5 selected scans. With the bundled model
+    (the same cell's 16 repeat-0 scans) 3e-3 was 1.04 x worse (6 of 16 better), hence off
+    by default."""
     offset_candidates: int = 2
     """Refit candidates the polish runs on (the lowest losses); the lowest polished loss wins."""
     refit_searched_codes: bool = False
