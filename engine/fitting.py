@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 from .device import PRECISIONS, compute_precision, resolve_precision
 from .errors import InputError
+from .frames import rotation_y
 from .model import ShapeModel
 from .progress import ProgressCallback, report, scaled
 
@@ -395,26 +396,30 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 
 
+def yaw_rotations(yaw: torch.Tensor) -> torch.Tensor:
+    """(b,) yaws, radians -> (b, 3, 3) rotations about y (as :func:`engine.frames.rotation_y`)."""
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
+    return torch.stack(
+        [torch.stack([c, zero, s], -1), torch.stack([zero, one, zero], -1), torch.stack([-s, zero, c], -1)], -2
+    )
+
+
 def pose_correction(params: np.ndarray) -> np.ndarray:
     """The similarity ``x -> exp(log_scale) * R_y(yaw) @ x + t`` of the model frame as (b, 4, 4),
     from params (b, 5) = (t (3,) model units, log_scale, yaw radians); what
     :func:`fit_codes_posed` fits with ``pose_lr``."""
     p = np.asarray(params, np.float64).reshape(-1, 5)
     out = np.repeat(np.eye(4)[None], len(p), axis=0)
-    c, s = np.cos(p[:, 4]), np.sin(p[:, 4])
-    rot = np.zeros((len(p), 3, 3))
-    rot[:, 0, 0], rot[:, 0, 2], rot[:, 1, 1], rot[:, 2, 0], rot[:, 2, 2] = c, s, 1.0, -s, c
-    out[:, :3, :3] = np.exp(p[:, 3])[:, None, None] * rot
+    out[:, :3, :3] = [np.exp(row[3]) * rotation_y(row[4]) for row in p]
     out[:, :3, 3] = p[:, :3]
     return out
 
 
 def _corrected(pose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """x (b, m, 3) moved by each code's :func:`pose_correction` (pose (b, 5))."""
-    c, s = torch.cos(pose[:, 4:5]), torch.sin(pose[:, 4:5])
-    px, py, pz = x[..., 0], x[..., 1], x[..., 2]
-    moved = torch.stack([c * px + s * pz, py, -s * px + c * pz], -1)
-    return pose[:, 3].exp()[:, None, None] * moved + pose[:, None, :3]
+    linear = pose[:, 3].exp()[:, None, None] * yaw_rotations(pose[:, 4])
+    return torch.einsum("bij,bmj->bmi", linear, x) + pose[:, None, :3]
 
 
 def _adam(

@@ -36,6 +36,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .errors import InputError
+from .fitting import yaw_rotations
 from .frames import RADIUS_MARGIN, bounding_extent, rotation_y
 from .model import ShapeModel
 from .observations import ObservationConfig, denoise_points, estimate_normals, outlier_mask
@@ -241,15 +242,6 @@ class PlacementResult:
         return np.linalg.inv(self.input_to_model)
 
 
-def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
-    """(b,) yaws -> (b, 3, 3) rotations about y."""
-    c, s = torch.cos(yaw), torch.sin(yaw)
-    zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
-    return torch.stack(
-        [torch.stack([c, zero, s], -1), torch.stack([zero, one, zero], -1), torch.stack([-s, zero, c], -1)], -2
-    )
-
-
 def _tilt(tilt: torch.Tensor) -> torch.Tensor:
     """(b, 2) rotation-vector components about x and z -> (b, 3, 3) rotations."""
     a, b = tilt[:, 0], tilt[:, 1]
@@ -372,7 +364,7 @@ def fit_placement(
 
     def rotation() -> torch.Tensor:
         """(H, 3, 3) each hypothesis' rotation, scan frame -> model frame."""
-        return _rot_y(yaw) @ _tilt(tilt) @ up if config.full_rotation else _rot_y(yaw)
+        return yaw_rotations(yaw) @ _tilt(tilt) @ up if config.full_rotation else yaw_rotations(yaw)
 
     def observe(idx: torch.Tensor | None):
         p = local if idx is None else local[idx]
