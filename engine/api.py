@@ -38,7 +38,7 @@ from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
 from .metrics import sample_surface
 from .model import ShapeModel
-from .observations import ObservationConfig, observations_from_mesh, observations_from_points
+from .observations import ObservationConfig, observations_from_mesh, observations_from_points, outlier_mask
 from .placement import PlacementConfig, PlacementResult, fit_placement
 from .progress import ProgressCallback, scaled
 
@@ -575,7 +575,87 @@ def refit_placement(
             c, p, v = polish_offset(model, obs, to_ref, c, p, placement, fit, scaled(on_progress, at, span, 1000))
         polished.append((c, p, v))
     code, pose, loss = min(polished, key=lambda x: x[2]) if polished else candidates[0]
+    if placement.box_anchor and sensors is not None:
+        code, pose, loss = anchor_to_box(
+            model, obs, to_ref, code, pose, loss, points, sensors, placement, fit, scaled(on_progress, 990, 10, 1000)
+        )
     return code, pose, loss, candidates
+
+
+def spanned_axes(points: np.ndarray, sensors: np.ndarray, reach: float = 0.5) -> np.ndarray:
+    """Which model axes a scan spans: (3,) bool, True where both ends of the axis were in
+    view — for each sign, some sensor's direction from the scan's box centre has a
+    component of at least ``-reach`` along it. A sensor in front sees both ends of the
+    axes across its view (silhouettes included) and not the far end of its depth axis;
+    one up to 30 degrees above the horizon (``reach`` 0.5) still sees an upright object's
+    lowest points, where its sides and legs end.
+
+    points: (n, 3) the scan, model frame; sensors: (n, 3) or (3,) each point's sensor
+    position, model frame.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    views = np.unique(np.asarray(sensors, np.float64).reshape(-1, 3), axis=0) - centre
+    views /= np.linalg.norm(views, axis=1, keepdims=True).clip(1e-12)
+    return (views.max(axis=0) >= -reach) & ((-views).max(axis=0) >= -reach)
+
+
+def box_anchor_shift(points: np.ndarray, sensors: np.ndarray, remove_outliers: bool = True) -> np.ndarray:
+    """(3,) model units: the translation that centres the scan's bounding box on the model
+    origin along the axes it spans (:func:`spanned_axes`), zero along the others.
+
+    points: (n, 3) the scan, model frame (at a candidate placement); sensors: (n, 3) or
+    (3,), model frame. Stray points are dropped first (``observations.outlier_mask``).
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    sens = np.broadcast_to(np.asarray(sensors, np.float64).reshape(-1, 3), pts.shape)
+    if remove_outliers:
+        keep = outlier_mask(pts)
+        pts, sens = pts[keep], sens[keep]
+    centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    return np.where(spanned_axes(pts, sens), -centre, 0.0)
+
+
+def anchor_to_box(
+    model: ShapeModel,
+    obs: Observations,
+    to_ref: np.ndarray,
+    code: np.ndarray,
+    input_to_model: np.ndarray,
+    loss: float,
+    points: np.ndarray,
+    sensors: np.ndarray,
+    placement: PlacementConfig,
+    fit: FitConfig,
+    on_progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Move a placement so the scan's box is centred on the model origin where it spans the
+    object (:func:`box_anchor_shift`) and refit the code there, pose held
+    (``placement.box_anchor``).
+
+    obs: the scan's observations in the frame of the pose ``inv(to_ref)`` (4, 4); code (L,),
+    input_to_model (4, 4), loss: the winner. points, sensors: (n, 3), input frame. Returns
+    ``(code, input_to_model, loss)``: the anchored fit, or the winner unchanged when
+    nothing moves or the anchored loss is over ``placement.box_anchor_tolerance`` higher.
+    """
+    i2m = np.asarray(input_to_model, np.float64)
+    shift = box_anchor_shift(apply_matrix(i2m, points), apply_matrix(i2m, sensors), placement.remove_outliers)
+    if not np.any(shift):
+        return code, i2m, loss
+    move = np.eye(4)
+    move[:3, 3] = shift
+    anchored = move @ i2m
+    result = fit_codes_posed(
+        model,
+        obs,
+        (anchored @ to_ref)[None],
+        np.asarray(code, np.float32)[None],
+        replace(fit, iterations=placement.refit_iterations),
+        on_progress=on_progress,
+    )
+    if result.loss > (1.0 + placement.box_anchor_tolerance) * loss:
+        return code, i2m, loss
+    return result.code, anchored, float(result.loss)
 
 
 def single_viewpoint(sensors: np.ndarray | None) -> bool:

@@ -127,6 +127,12 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         "in the refits, at this Adam learning rate (default 0: off; measured in docs/quality/completion.md)",
     )
     p.add_argument(
+        "--box-anchor",
+        action="store_true",
+        help="with a sensor: after the fit, centre the scan's bounding box on the model origin along the axes "
+        "the scan spans (both ends in view) and refit there (default off; measured in docs/quality/completion.md)",
+    )
+    p.add_argument(
         "--offset-candidates",
         type=int,
         metavar="N",
@@ -152,6 +158,7 @@ def _placement_config(args: argparse.Namespace, **fields: object):
     return PlacementConfig(
         extent_quantile=args.extent_quantile,
         full_rotation=args.full_rotation,
+        box_anchor=args.box_anchor,
         **{k: v for k, v in given.items() if v is not None},
         **fields,
     )

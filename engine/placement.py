@@ -190,6 +190,20 @@ class PlacementConfig:
     32 better); 1e-2 was worse than 3e-3 on 5 of 5 selected scans. With the bundled model
     (the same cell's 16 repeat-0 scans) 3e-3 was 1.04 x worse (6 of 16 better), hence off
     by default."""
+    box_anchor: bool = False
+    """After the refit (and the polish): where the scan spans the object along a model axis
+    (both ends of that axis in view of a sensor, :func:`engine.api.spanned_axes`), move the
+    placement so the scan's bounding box along that axis (model axes, stray points dropped)
+    is centred on the model origin — the normalisation every training shape had (its
+    bounding-box centre at the origin) — and refit the code there with the pose held; kept
+    unless its loss is over ``box_anchor_tolerance`` above the winner's. Only with a known
+    sensor (without one no axis counts as spanned). The loss barely tells a chair from the
+    same chair shifted a few hundredths of the radius (the code moves its parts to follow),
+    while the Chamfer distance to the true shape grows several times; the scan's own extent
+    does tell them apart (docs/quality/completion.md, session 20)."""
+    box_anchor_tolerance: float = 0.05
+    """Relative loss increase above which the box-anchored refit is refused (the scan's box
+    is then taken to be wrong: clutter, a part missing from the scan)."""
     offset_candidates: int = 2
     """Refit candidates the polish runs on (the lowest losses); the lowest polished loss wins."""
     refit_searched_codes: bool = False

@@ -785,3 +785,66 @@ def test_refit_placement_with_pose_refinement_returns_the_corrected_pose(tiny_mo
     assert candidates[0].loss == pytest.approx(loss)
     assert misfit(found) > 0.04
     assert misfit(i2m) < 0.5 * misfit(found), (misfit(found), misfit(i2m))
+
+
+def test_spanned_axes_and_box_anchor_shift():
+    """One sensor in front spans the axes across its view, not its depth axis; three around
+    span all three. The shift centres the scan's box on the origin along the spanned axes,
+    stray points left out."""
+    from engine.api import box_anchor_shift, spanned_axes
+    from engine.scan import orbit_camera, simulate_scan
+
+    v, f = analytic_mesh(SHAPES["box"], 64)
+    centre = 0.5 * (v.min(axis=0) + v.max(axis=0))
+    np.testing.assert_allclose(centre, 0.0, atol=1e-6)
+    front = simulate_scan(v, f, [orbit_camera(0, 10, 2.5)], noise=0.0, seed=1)
+    around = simulate_scan(v, f, [orbit_camera(a, 25, 2.5) for a in (20, 140, 260)], noise=0.0, seed=1)
+    depth = np.argmax(np.abs(front.sensors[0, [0, 2]])) * 2  # the front camera's horizontal axis: x or z
+    expected = np.ones(3, bool)
+    expected[depth] = False
+    np.testing.assert_array_equal(spanned_axes(front.points, front.sensors), expected)
+    np.testing.assert_array_equal(spanned_axes(around.points, around.sensors), [True, True, True])
+
+    moved = np.array([0.06, -0.04, 0.03])
+    rng = np.random.default_rng(0)
+    stray = rng.normal(size=(20, 3))
+    stray *= 2.0 / np.linalg.norm(stray, axis=1, keepdims=True)  # isolated, well away from the box: dropped
+    pts = np.concatenate([around.points + moved, stray])
+    sens = np.concatenate([around.sensors + moved, np.repeat(around.sensors[:1] + moved, 20, 0)])
+    np.testing.assert_allclose(box_anchor_shift(pts, sens), -moved, atol=0.01)
+    one = box_anchor_shift(front.points + moved, front.sensors + moved)
+    assert one[depth] == 0.0
+    keep = [a for a in range(3) if a != depth]
+    np.testing.assert_allclose(one[keep], -moved[keep], atol=0.01)
+
+
+def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
+    """A three-view scan placed right but 0.05 off: the box anchor moves it back to within
+    0.01 and keeps it (its loss is not worse); without a sensor nothing moves."""
+    from engine.api import refit_placement
+    from engine.observations import ObservationConfig
+    from engine.placement import PlacementConfig
+
+    *_, scan, m2i, pts, sensors = _placed_box_scan()
+    wrong = np.eye(4)
+    wrong[:3, 3] = [0.03, -0.03, -0.03]
+    found = wrong @ np.linalg.inv(m2i)
+    start = tiny_model.codes.detach().mean(0).numpy()
+    fit = FitConfig(iterations=150, screen_iterations=60, samples_per_iteration=4000)
+
+    def offset(i2m: np.ndarray) -> float:
+        """How far (model units) the placement puts the scan's points from where the truth does."""
+        return float(np.linalg.norm(pts @ i2m[:3, :3].T + i2m[:3, 3] - scan.points, axis=1).mean())
+
+    placement = PlacementConfig(refit_variants=0, offset_rounds=0, box_anchor=True)
+    code, i2m, loss, candidates = refit_placement(
+        tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
+    )
+    assert offset(found) == pytest.approx(np.linalg.norm(wrong[:3, 3]), rel=1e-6)
+    assert offset(i2m) < 0.01, offset(i2m)
+    assert np.isfinite(loss) and loss <= (1 + placement.box_anchor_tolerance) * candidates[0].loss
+    # the candidates (the alternatives offered) are the refit's, before the anchor
+    np.testing.assert_allclose(candidates[0].input_to_model, found, atol=1e-12)
+    # without a sensor the scan's coverage is unknown: the pose is left where the refit put it
+    _, held, _, _ = refit_placement(tiny_model, start, found, [], pts, None, None, placement, fit, ObservationConfig())
+    np.testing.assert_allclose(held, found, atol=1e-12)
