@@ -200,7 +200,11 @@ class PlacementConfig:
     sensor (without one no axis counts as spanned). The loss barely tells a chair from the
     same chair shifted a few hundredths of the radius (the code moves its parts to follow),
     while the Chamfer distance to the true shape grows several times; the scan's own extent
-    does tell them apart (docs/quality/completion.md, session 20)."""
+    does tell them apart. Measured with the candidate model of ``recipes/candidates`` on the
+    16 held-out chairs, three views, 5 % outliers, 1 % noise (``fast``, CPU, 32 scans;
+    docs/quality/completion.md, session 20): unknown-pose mean / median Chamfer 6.42 / 2.24
+    -> 5.34 / 2.08 (x 1e3; 0.83 x, 95 % interval 0.65-0.93, 19 of 32 better), offset error
+    median 0.030 -> 0.017, unknown / known on the 27 right-yaw scans 1.46 -> 1.01."""
     box_anchor_tolerance: float = 0.05
     """Relative loss increase above which the box-anchored refit is refused (the scan's box
     is then taken to be wrong: clutter, a part missing from the scan)."""

@@ -207,6 +207,9 @@ def test_extent_quantile_option_reaches_the_placement():
     assert default.refit_pose_lr == 0.0  # poses held in the refits unless asked
     refine = _placement_config(build_parser().parse_args(["reconstruct", *base, "--pose-refine", "3e-3"]))
     assert refine.refit_pose_lr == pytest.approx(3e-3)
+    assert not default.box_anchor  # the placement is left where the fit put it unless asked
+    anchored = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--box-anchor"])
+    assert _placement_config(anchored).box_anchor
 
 
 def test_observation_options_reach_the_config():

@@ -843,6 +843,11 @@ def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
     assert offset(found) == pytest.approx(np.linalg.norm(wrong[:3, 3]), rel=1e-6)
     assert offset(i2m) < 0.01, offset(i2m)
     assert np.isfinite(loss) and loss <= (1 + placement.box_anchor_tolerance) * candidates[0].loss
+    # the anchored code, meshed at the anchored pose, lands on the box in the scan's frame
+    v, f = analytic_mesh(SHAPES["box"], 64)
+    mesh = extract_mesh(tiny_model, code, MeshConfig(resolution=64)).apply_matrix(np.linalg.inv(i2m))
+    m = compare_meshes((mesh.vertices, mesh.faces), (v @ m2i[:3, :3].T + m2i[:3, 3], f), samples=10000)
+    assert m.chamfer / 1.7**2 < 3e-3, m
     # the candidates (the alternatives offered) are the refit's, before the anchor
     np.testing.assert_allclose(candidates[0].input_to_model, found, atol=1e-12)
     # without a sensor the scan's coverage is unknown: the pose is left where the refit put it
