@@ -490,6 +490,12 @@ def refit_placement(
     ``(code (L,), input_to_model (4, 4), loss, candidates)``, candidates: every refitted
     :class:`Candidate` (before the polish), lowest loss first.
     """
+    anchoring = placement.box_anchor and sensors is not None
+    if anchoring and not placement.box_anchor_tolerance >= 0:  # refused before the work, not after
+        raise InputError(f"box_anchor_tolerance must be 0 or more, got {placement.box_anchor_tolerance}")
+    whole = on_progress
+    if anchoring:  # the last 5 % of the progress is the anchored refit's
+        on_progress = scaled(whole, 0, 950, 1000)
     ref = np.asarray(input_to_model, np.float64)
     obs = _scan_observations(ref, points, normals, sensors, observation, fit.seed)
     to_ref = np.linalg.inv(ref)
@@ -575,9 +581,9 @@ def refit_placement(
             c, p, v = polish_offset(model, obs, to_ref, c, p, placement, fit, scaled(on_progress, at, span, 1000))
         polished.append((c, p, v))
     code, pose, loss = min(polished, key=lambda x: x[2]) if polished else candidates[0]
-    if placement.box_anchor and sensors is not None:
+    if anchoring:
         code, pose, loss = anchor_to_box(
-            model, obs, to_ref, code, pose, loss, points, sensors, placement, fit, scaled(on_progress, 990, 10, 1000)
+            model, obs, to_ref, code, pose, loss, points, sensors, placement, fit, scaled(whole, 950, 50, 1000)
         )
     return code, pose, loss, candidates
 
@@ -638,6 +644,8 @@ def anchor_to_box(
     ``(code, input_to_model, loss)``: the anchored fit, or the winner unchanged when
     nothing moves or the anchored loss is over ``placement.box_anchor_tolerance`` higher.
     """
+    if not placement.box_anchor_tolerance >= 0:
+        raise InputError(f"box_anchor_tolerance must be 0 or more, got {placement.box_anchor_tolerance}")
     i2m = np.asarray(input_to_model, np.float64)
     shift = box_anchor_shift(apply_matrix(i2m, points), apply_matrix(i2m, sensors), placement.remove_outliers)
     if not np.any(shift):

@@ -1,5 +1,7 @@
 """Code fitting and the API on a tiny model overfit to analytic shapes."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -837,9 +839,22 @@ def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
         return float(np.linalg.norm(pts @ i2m[:3, :3].T + i2m[:3, 3] - scan.points, axis=1).mean())
 
     placement = PlacementConfig(refit_variants=0, offset_rounds=0, box_anchor=True)
+    seen: list[tuple[int, int]] = []
     code, i2m, loss, candidates = refit_placement(
-        tiny_model, start, found, [], pts, None, sensors, placement, fit, ObservationConfig()
+        tiny_model,
+        start,
+        found,
+        [],
+        pts,
+        None,
+        sensors,
+        placement,
+        fit,
+        ObservationConfig(),
+        lambda done, total, message: seen.append((done, total)) or True,
     )
+    # the progress runs forwards to its end, the anchored refit included
+    assert seen and [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (1000, 1000)
     assert offset(found) == pytest.approx(np.linalg.norm(wrong[:3, 3]), rel=1e-6)
     assert offset(i2m) < 0.01, offset(i2m)
     assert np.isfinite(loss) and loss <= (1 + placement.box_anchor_tolerance) * candidates[0].loss
@@ -853,3 +868,16 @@ def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
     # without a sensor the scan's coverage is unknown: the pose is left where the refit put it
     _, held, _, _ = refit_placement(tiny_model, start, found, [], pts, None, None, placement, fit, ObservationConfig())
     np.testing.assert_allclose(held, found, atol=1e-12)
+    with pytest.raises(InputError, match="box_anchor_tolerance"):
+        refit_placement(
+            tiny_model,
+            start,
+            found,
+            [],
+            pts,
+            None,
+            sensors,
+            replace(placement, box_anchor_tolerance=-0.1),
+            fit,
+            ObservationConfig(),
+        )
