@@ -33,7 +33,7 @@ from .fitting import (
     screen_codes_posed,
     screen_nearest,
 )
-from .frames import apply_matrix, from_model_frame, reference_normalization, rotation_y, to_model_frame
+from .frames import apply_matrix, bounding_extent, from_model_frame, reference_normalization, rotation_y, to_model_frame
 from .latent import CodePrior
 from .meshing import Mesh, MeshConfig, mesh_sdf
 from .metrics import sample_surface
@@ -599,8 +599,7 @@ def spanned_axes(points: np.ndarray, sensors: np.ndarray, reach: float = 0.5) ->
     points: (n, 3) the scan, model frame; sensors: (n, 3) or (3,) each point's sensor
     position, model frame.
     """
-    pts = np.asarray(points, np.float64).reshape(-1, 3)
-    centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    centre, _ = bounding_extent(points)
     views = np.unique(np.asarray(sensors, np.float64).reshape(-1, 3), axis=0) - centre
     views /= np.linalg.norm(views, axis=1, keepdims=True).clip(1e-12)
     return (views.max(axis=0) >= -reach) & ((-views).max(axis=0) >= -reach)
@@ -618,7 +617,7 @@ def box_anchor_shift(points: np.ndarray, sensors: np.ndarray, remove_outliers: b
     if remove_outliers:
         keep = outlier_mask(pts)
         pts, sens = pts[keep], sens[keep]
-    centre = 0.5 * (pts.min(axis=0) + pts.max(axis=0))
+    centre, _ = bounding_extent(pts)
     return np.where(spanned_axes(pts, sens), -centre, 0.0)
 
 
