@@ -1,6 +1,7 @@
 """Quality report of a bundled model on held-out procedural shapes; writes Markdown, JSON and pictures.
 
     python benchmarks/quality_report.py --model engine/models/chairs.dsdf --data runs/chairs_data \
+        --split recipes/chairs_heldout_split.json \
         --meshes runs/chairs_meshes --out docs/quality --name chairs
 
 (a) reconstruction from the shape's full SDF samples (the reference's setting);
@@ -107,17 +108,23 @@ def main() -> int:
     p.add_argument("--out", default="docs/quality")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument(
+        "--split", default="test", help="held-out shapes: a split name under the data's splits/ or a split file"
+    )
     args = p.parse_args()
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     model = engine.open_model(args.model, "cpu")
     data, meshes = Path(args.data), Path(args.meshes)
-    entries = read_split(data / "splits" / "test.json")
+    split_path = Path(args.split) if Path(args.split).is_file() else data / "splits" / f"{args.split}.json"
+    entries = read_split(split_path)
     if args.limit:
         entries = entries[: args.limit]
     fit = engine.fit_preset("default")
 
-    rec = evaluate_model(model, data, "test", fit, engine.MeshConfig(resolution=args.resolution), limit=args.limit)
+    rec = evaluate_model(
+        model, data, str(split_path), fit, engine.MeshConfig(resolution=args.resolution), limit=args.limit
+    )
     rec_rows = [
         {"name": s.name, "chamfer": s.chamfer, "f_score": s.f_score, "normal_consistency": s.normal_consistency,
          "seconds": s.seconds}
