@@ -66,3 +66,16 @@ def test_chairs_complete_the_example_scan():
     v, f = shape_mesh(_procedural(f"chairs/{info['source']}"), 96)
     metrics = engine.compare_meshes((rec.mesh.vertices, rec.mesh.faces), (v, f), samples=10000)
     assert metrics.chamfer < COMPLETION_CHAMFER, metrics
+
+
+def test_chairs_recipe_splits_match_the_bundled_model():
+    """The recipe's train split is exactly the bundled chairs model's shapes, in order, and
+    its held-out split (what docs/quality measures) shares none of them."""
+    from engine.training import read_split
+
+    model = engine.open_model("chairs", "cpu")
+    train = [f"{ds}/{cls}/{inst}" for ds, cls, inst in read_split(REPO / "recipes" / "chairs_train_split.json")]
+    held = [inst for _, _, inst in read_split(REPO / "recipes" / "chairs_heldout_split.json")]
+    assert train == list(model.shape_names)
+    assert len(held) == 16 and not {n.rsplit("/", 1)[1] for n in train} & set(held)
+    assert json.loads((REPO / "examples" / "scan_chair.json").read_text())["source"] in held
