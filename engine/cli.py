@@ -123,14 +123,16 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         "--pose-refine",
         type=float,
         metavar="LR",
-        help="also fit a small correction of each candidate placement (translation, scale, yaw) with the code "
-        "in the refits, at this Adam learning rate (default 0: off; measured in docs/quality/completion.md)",
+        help="fit a small correction of each candidate placement (translation, scale, yaw) with the code "
+        "in the refits, at this Adam learning rate (default 3e-3; 0: poses held; measured in "
+        "docs/quality/completion.md)",
     )
     p.add_argument(
         "--box-anchor",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="with a sensor: after the fit, centre the scan's bounding box on the model origin along the axes "
-        "the scan spans (both ends in view) and refit there (default off; measured in docs/quality/completion.md)",
+        "the scan spans (both ends in view) and refit there (default on; --no-box-anchor: off; measured in "
+        "docs/quality/completion.md)",
     )
     p.add_argument(
         "--offset-candidates",
@@ -154,11 +156,11 @@ def _placement_config(args: argparse.Namespace, **fields: object):
         "offset_rounds": args.offset_polish,
         "offset_candidates": args.offset_candidates,
         "refit_pose_lr": args.pose_refine,
+        "box_anchor": args.box_anchor,
     }
     return PlacementConfig(
         extent_quantile=args.extent_quantile,
         full_rotation=args.full_rotation,
-        box_anchor=args.box_anchor,
         **{k: v for k, v in given.items() if v is not None},
         **fields,
     )

@@ -179,18 +179,19 @@ class PlacementConfig:
     repeat 1 9.00 / 4.18 -> 9.74 / 3.55, 9 of 16 better; unknown / known 1.12 over the
     32); three views with 5 % outliers (16 scans) 13.54 -> 14.78, worse (two rounds on
     the winner alone: 10 of 16 chairs worse), hence single views only."""
-    refit_pose_lr: float = 0.0
-    """Above 0: the refits (and the translation polish's) also fit a small correction of
-    each candidate's pose — translation, scale and yaw (:func:`engine.fitting.pose_correction`)
-    — by gradient descent with the code, at this Adam learning rate; 0: poses held.
-    Measured with the candidate model of ``recipes/candidates`` (304 training chairs) on the
-    16 held-out chairs, three views, 5 % outliers, 1 % noise (``fast``, CPU, 32 scans;
-    docs/quality/completion.md, session 19): 3e-3 took the unknown-pose mean / median
-    Chamfer from 6.42 / 2.24 to 5.04 / 2.16 (x 1e3; 0.78 x, 95 % interval 0.68-0.94, 23 of
-    32 better); 1e-2 was worse than 3e-3 on 5 of 5 selected scans. With the bundled model
-    (the same cell's 16 repeat-0 scans) 3e-3 was 1.04 x worse (6 of 16 better), hence off
-    by default."""
-    box_anchor: bool = False
+    refit_pose_lr: float = 3e-3
+    """Above 0 (the default 3e-3): the refits (and the translation polish's) also fit a small
+    correction of each candidate's pose — translation, scale and yaw
+    (:func:`engine.fitting.pose_correction`) — by gradient descent with the code, at this Adam
+    learning rate; 0: poses held. Default with :attr:`box_anchor` since session 21: the two
+    together, with the bundled chairs model (304 training chairs), on the 16 held-out chairs,
+    1 % noise, sensor known (``fast``, CPU; docs/quality/completion.md): three views with 5 %
+    outliers (32 scans) took the unknown-pose mean / median Chamfer from 6.42 / 2.24 (poses
+    held, no anchor) to 4.11 / 2.04 (x 1e3; alone: 5.04 / 2.16 with 3e-3, 5.34 / 2.08 with the
+    anchor), unknown / known 1.00 -> 0.64 (0.97 without stool 0010, whose known-pose fit is
+    poor). 1e-2 was worse than 3e-3 on 5 of 5 selected scans. With the previous bundled model
+    (144 chairs) 3e-3 alone was 1.04 x worse (16 scans), which is why it was off until then."""
+    box_anchor: bool = True
     """After the refit (and the polish): where the scan spans the object along a model axis
     (both ends of that axis in view of a sensor, :func:`engine.api.spanned_axes`), move the
     placement so the scan's bounding box along that axis (model axes, stray points dropped)
@@ -200,11 +201,11 @@ class PlacementConfig:
     sensor (without one no axis counts as spanned). The loss barely tells a chair from the
     same chair shifted a few hundredths of the radius (the code moves its parts to follow),
     while the Chamfer distance to the true shape grows several times; the scan's own extent
-    does tell them apart. Measured with the candidate model of ``recipes/candidates`` on the
-    16 held-out chairs, three views, 5 % outliers, 1 % noise (``fast``, CPU, 32 scans;
-    docs/quality/completion.md, session 20): unknown-pose mean / median Chamfer 6.42 / 2.24
-    -> 5.34 / 2.08 (x 1e3; 0.83 x, 95 % interval 0.65-0.93, 19 of 32 better), offset error
-    median 0.030 -> 0.017, unknown / known on the 27 right-yaw scans 1.46 -> 1.01."""
+    does tell them apart. On by default since session 21, with :attr:`refit_pose_lr` (the
+    numbers there); alone, three views with 5 % outliers (32 scans): unknown-pose mean /
+    median Chamfer 6.42 / 2.24 -> 5.34 / 2.08 (x 1e3; 0.83 x, 95 % interval 0.65-0.93, 19 of 32
+    better), offset error median 0.030 -> 0.017, unknown / known on the 27 right-yaw scans
+    1.46 -> 1.01. With the previous bundled model (144 chairs) it was level (1.01 x)."""
     box_anchor_tolerance: float = 0.05
     """Relative loss increase above which the box-anchored refit is refused (the scan's box
     is then taken to be wrong: clutter, a part missing from the scan)."""

@@ -204,10 +204,12 @@ def test_extent_quantile_option_reaches_the_placement():
     assert off.offset_rounds == 0 and not off.full_rotation
     full = _placement_config(build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--full-rotation"]))
     assert full.full_rotation
-    assert default.refit_pose_lr == 0.0  # poses held in the refits unless asked
-    refine = _placement_config(build_parser().parse_args(["reconstruct", *base, "--pose-refine", "3e-3"]))
-    assert refine.refit_pose_lr == pytest.approx(3e-3)
-    assert not default.box_anchor  # the placement is left where the fit put it unless asked
+    assert default.refit_pose_lr == pytest.approx(3e-3)  # poses refined in the refits by default
+    held = _placement_config(build_parser().parse_args(["reconstruct", *base, "--pose-refine", "0"]))
+    assert held.refit_pose_lr == 0.0
+    assert default.box_anchor  # anchored to the scan's box by default (where a sensor is given)
+    unanchored = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--no-box-anchor"])
+    assert not _placement_config(unanchored).box_anchor
     anchored = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--box-anchor"])
     assert _placement_config(anchored).box_anchor
 

@@ -838,7 +838,7 @@ def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
         """How far (model units) the placement puts the scan's points from where the truth does."""
         return float(np.linalg.norm(pts @ i2m[:3, :3].T + i2m[:3, 3] - scan.points, axis=1).mean())
 
-    placement = PlacementConfig(refit_variants=0, offset_rounds=0, box_anchor=True)
+    placement = PlacementConfig(refit_variants=0, offset_rounds=0, box_anchor=True, refit_pose_lr=0.0)
     seen: list[tuple[int, int]] = []
     code, i2m, loss, candidates = refit_placement(
         tiny_model,
