@@ -491,8 +491,6 @@ def refit_placement(
     :class:`Candidate` (before the polish), lowest loss first.
     """
     anchoring = placement.box_anchor and sensors is not None
-    if anchoring and not placement.box_anchor_tolerance >= 0:  # refused before the work, not after
-        raise InputError(f"box_anchor_tolerance must be 0 or more, got {placement.box_anchor_tolerance}")
     whole = on_progress
     if anchoring:  # the last 5 % of the progress is the anchored refit's
         on_progress = scaled(whole, 0, 950, 1000)
@@ -588,7 +586,9 @@ def refit_placement(
     return code, pose, loss, candidates
 
 
-def spanned_axes(points: np.ndarray, sensors: np.ndarray, reach: float = 0.5) -> np.ndarray:
+def spanned_axes(
+    points: np.ndarray, sensors: np.ndarray, reach: float = 0.5, centre: np.ndarray | None = None
+) -> np.ndarray:
     """Which model axes a scan spans: (3,) bool, True where both ends of the axis were in
     view — for each sign, some sensor's direction from the scan's box centre has a
     component of at least ``-reach`` along it. A sensor in front sees both ends of the
@@ -597,9 +597,11 @@ def spanned_axes(points: np.ndarray, sensors: np.ndarray, reach: float = 0.5) ->
     lowest points, where its sides and legs end.
 
     points: (n, 3) the scan, model frame; sensors: (n, 3) or (3,) each point's sensor
-    position, model frame.
+    position, model frame; centre: (3,) the scan's box centre when the caller has it
+    (:func:`engine.frames.bounding_extent`), else computed.
     """
-    centre, _ = bounding_extent(points)
+    if centre is None:
+        centre, _ = bounding_extent(points)
     views = np.unique(np.asarray(sensors, np.float64).reshape(-1, 3), axis=0) - centre
     views /= np.linalg.norm(views, axis=1, keepdims=True).clip(1e-12)
     return (views.max(axis=0) >= -reach) & ((-views).max(axis=0) >= -reach)
@@ -618,7 +620,7 @@ def box_anchor_shift(points: np.ndarray, sensors: np.ndarray, remove_outliers: b
         keep = outlier_mask(pts)
         pts, sens = pts[keep], sens[keep]
     centre, _ = bounding_extent(pts)
-    return np.where(spanned_axes(pts, sens), -centre, 0.0)
+    return np.where(spanned_axes(pts, sens, centre=centre), -centre, 0.0)
 
 
 def anchor_to_box(
@@ -643,8 +645,6 @@ def anchor_to_box(
     ``(code, input_to_model, loss)``: the anchored fit, or the winner unchanged when
     nothing moves or the anchored loss is over ``placement.box_anchor_tolerance`` higher.
     """
-    if not placement.box_anchor_tolerance >= 0:
-        raise InputError(f"box_anchor_tolerance must be 0 or more, got {placement.box_anchor_tolerance}")
     i2m = np.asarray(input_to_model, np.float64)
     shift = box_anchor_shift(apply_matrix(i2m, points), apply_matrix(i2m, sensors), placement.remove_outliers)
     if not np.any(shift):

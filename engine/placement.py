@@ -225,6 +225,22 @@ class PlacementConfig:
     variant too, not only the mean code (the hypotheses always get them)."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.yaw_hypotheses < 1 or self.keep < 1 or self.keep_per_up < 1:
+            raise InputError("yaw_hypotheses, keep and keep_per_up must be 1 or more")
+        if self.iterations < 0 or self.refit_iterations < 0 or self.refine_iterations < 0:
+            raise InputError("iterations, refit_iterations and refine_iterations must be 0 or more")
+        if not 0.5 <= self.extent_quantile <= 1.0:
+            raise InputError(f"extent_quantile must be between 0.5 and 1, got {self.extent_quantile}")
+        if not self.refit_pose_lr >= 0:
+            raise InputError(f"refit_pose_lr must be 0 or more, got {self.refit_pose_lr}")
+        if not self.box_anchor_tolerance >= 0:
+            raise InputError(f"box_anchor_tolerance must be 0 or more, got {self.box_anchor_tolerance}")
+        if self.offset_rounds is not None and self.offset_rounds < 0:
+            raise InputError(f"offset_rounds must be 0 or more (or None), got {self.offset_rounds}")
+        if self.offset_candidates < 1 or self.offset_keep < 0:
+            raise InputError("offset_candidates must be 1 or more and offset_keep 0 or more")
+
     def eta_for(self, observation: ObservationConfig | None = None) -> float:
         """The search's eta: its own when set, else the observations' (``observation``, or
         the default :class:`ObservationConfig`)."""

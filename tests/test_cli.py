@@ -212,6 +212,10 @@ def test_extent_quantile_option_reaches_the_placement():
     assert not _placement_config(unanchored).box_anchor
     anchored = build_parser().parse_args(["evaluate-completion", "m", "s.obj", "--box-anchor"])
     assert _placement_config(anchored).box_anchor
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="refit_pose_lr"):  # a clear error, before any fitting
+        _placement_config(build_parser().parse_args(["reconstruct", *base, "--pose-refine", "-1"]))
 
 
 def test_observation_options_reach_the_config():

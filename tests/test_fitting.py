@@ -877,16 +877,28 @@ def test_refit_placement_box_anchor_recentres_a_shifted_pose(tiny_model):
     # without a sensor the scan's coverage is unknown: the pose is left where the refit put it
     _, held, _, _ = refit_placement(tiny_model, start, found, [], pts, None, None, placement, fit, ObservationConfig())
     np.testing.assert_allclose(held, found, atol=1e-12)
-    with pytest.raises(InputError, match="box_anchor_tolerance"):
-        refit_placement(
-            tiny_model,
-            start,
-            found,
-            [],
-            pts,
-            None,
-            sensors,
-            replace(placement, box_anchor_tolerance=-0.1),
-            fit,
-            ObservationConfig(),
-        )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("box_anchor_tolerance", -0.1),
+        ("box_anchor_tolerance", float("nan")),
+        ("refit_pose_lr", -1e-3),
+        ("extent_quantile", 1.5),
+        ("yaw_hypotheses", 0),
+        ("keep", 0),
+        ("refit_iterations", -1),
+        ("offset_rounds", -1),
+        ("offset_candidates", 0),
+    ],
+)
+def test_placement_config_refuses_bad_settings(field, value):
+    """A bad setting is refused where the settings are made, before any work, naming itself."""
+    from engine.placement import PlacementConfig
+
+    with pytest.raises(InputError, match=field):
+        PlacementConfig(**{field: value})
+    with pytest.raises(InputError, match=field):
+        replace(PlacementConfig(), **{field: value})
+    assert getattr(PlacementConfig(), field) != value  # the defaults pass
