@@ -15,6 +15,11 @@ from tests.analytic import AMBIGUOUS_STARTS, SHAPES, ambiguous_patch, analytic_m
 
 NAMES = list(SHAPES)
 
+MECHANICS_ONLY = {"refit_pose_lr": 0.0, "box_anchor": False}
+"""Placement settings for the tests of other placement mechanics (the polish, the refit's
+batch): poses held in the refits and no anchored refit after them. Both are on by default
+and have their own tests (``-k "pose_refinement or box_anchor"``)."""
+
 
 def test_training_codes_mesh_to_their_shapes(tiny_model):
     for i, name in enumerate(NAMES):
@@ -513,7 +518,7 @@ def test_offset_polish_recovers_a_shifted_pose(tiny_model):
     found = shift @ true_i2m
     obs = _scan_observations(found, pts, None, sensors, ObservationConfig(), 0)
     code = tiny_model.codes.detach()[NAMES.index(name)].numpy()
-    placement = PlacementConfig(offset_step=0.03, offset_grid=1, offset_keep=2, refit_iterations=100, refit_pose_lr=0.0)
+    placement = PlacementConfig(offset_step=0.03, offset_grid=1, offset_keep=2, refit_iterations=100, **MECHANICS_ONLY)
     fit = FitConfig(iterations=100, screen_iterations=60, samples_per_iteration=4000)
     new_code, i2m, loss = polish_offset(tiny_model, obs, np.linalg.inv(found), code, found, placement, fit)
     assert np.isfinite(loss) and new_code.shape == code.shape
@@ -553,8 +558,7 @@ def test_offset_polish_of_several_candidates_keeps_the_lowest_polished_loss(tiny
         refit_variants=2,
         offset_rounds=1,
         offset_candidates=polished,
-        refit_pose_lr=0.0,
-        box_anchor=False,
+        **MECHANICS_ONLY,
     )
     fit = FitConfig(iterations=30, screen_iterations=20, samples_per_iteration=2000)
     start = tiny_model.codes.detach().mean(0).numpy()
@@ -598,9 +602,7 @@ def test_default_polish_runs_on_single_views_only(tiny_model, monkeypatch, views
         return code, pose, 0.0
 
     monkeypatch.setattr(api, "polish_offset", spy)
-    placement = PlacementConfig(
-        variant_turns=(0, 90), variant_scales=(1.0,), refit_variants=2, refit_pose_lr=0.0, box_anchor=False
-    )
+    placement = PlacementConfig(variant_turns=(0, 90), variant_scales=(1.0,), refit_variants=2, **MECHANICS_ONLY)
     assert placement.offset_rounds is None and placement.offset_candidates == 2
     fit = FitConfig(iterations=20, screen_iterations=10, samples_per_iteration=1000)
     start = tiny_model.codes.detach().mean(0).numpy()
@@ -659,7 +661,7 @@ def test_refit_batch_holds_each_candidate_once(tiny_model, monkeypatch, searched
         refit_variants=2,
         refit_searched_codes=searched_codes,
         offset_rounds=0,  # the refit's batch alone (a one-view scan is polished by default)
-        box_anchor=False,  # and no anchored refit after it
+        **MECHANICS_ONLY,  # and no anchored refit after it
     )
     fit = FitConfig(iterations=30, screen_iterations=30, nearest_starts=1)
     refit_placement(
