@@ -8,7 +8,14 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from engine.cli import main
-from engine.completion_eval import CompletionEvalConfig, case_seeds, evaluate_completion, paired_ratio, random_pose
+from engine.completion_eval import (
+    CompletionEvalConfig,
+    case_seeds,
+    evaluate_completion,
+    paired_ratio,
+    placement_chamfer,
+    random_pose,
+)
 from engine.errors import InputError
 from engine.observations import ObservationConfig, denoise_points, observations_from_points
 from tests.analytic import SHAPES, analytic_mesh
@@ -111,6 +118,36 @@ def test_random_poses_are_similarities():
         CompletionEvalConfig(poses=("tilted",))
 
 
+def test_placement_chamfer_sees_symmetric_turns_as_right():
+    from engine.frames import rotation_y
+
+    def samples(extents):
+        return trimesh.sample.sample_surface(trimesh.creation.box(extents), 30_000, seed=1)[0]
+
+    square, oblong = samples((1.0, 0.5, 1.0)), samples((1.6, 0.5, 0.6))
+    true = np.eye(4)
+    true[:3, :3] = 1.2 * rotation_y(0.7)
+    true[:3, 3] = [3.0, -1.0, 2.0]
+
+    def moved(turn=0.0, shift=(0.0, 0.0, 0.0), scale=1.0):
+        """The true placement with the model frame turned, shifted and scaled first."""
+        error = np.eye(4)
+        error[:3, :3] = scale * rotation_y(np.radians(turn))
+        error[:3, 3] = shift
+        return true @ error
+
+    assert placement_chamfer(square, true, true) < 1e-10
+    # a square footprint turned by 90 degrees is the same shape (the yaw error says 90)
+    assert placement_chamfer(square, true, moved(90)) < 2e-4
+    assert placement_chamfer(oblong, true, moved(90)) > 2e-2
+    assert placement_chamfer(oblong, true, moved(180)) < 2e-4
+    # a shift d moves the faces across it by d: between 0 and 2 d^2
+    d = 0.05
+    shifted = placement_chamfer(square, true, moved(shift=(d, 0, 0)))
+    assert 0.2 * d**2 < shifted < 2 * d**2
+    assert placement_chamfer(square, true, moved(scale=1.1)) > 1e-3
+
+
 def test_rotation_condition_completes_with_the_full_rotation_search(tiny_model, monkeypatch):
     """The 'rotation' pose cell fits with PlacementConfig.full_rotation; the others do not."""
     import engine.api
@@ -175,11 +212,16 @@ def test_evaluate_completion_command_on_tiny_model(tiny_model_file, tmp_path, ca
     # both shapes look the same turned by 180 degrees, so that turn is as right as none
     assert all(min(abs(r["yaw_error_degrees"]), 180 - abs(r["yaw_error_degrees"])) < 10 for r in placed)
     assert all(r["offset_error"] < 0.1 for r in placed)
+    # what the placement error alone costs: small against the shapes' own fit
+    assert all(0 <= r["placement_chamfer"] < 5e-3 for r in placed), [r["placement_chamfer"] for r in placed]
     assert max(r["chamfer"] for r in placed) < 1e-2
     for e in data["summary"]:
         if e["method"] == "ours" and e["pose"] == "similarity":
             assert np.isfinite(e["vs_known_pose"]) and np.isfinite(e["vs_reference"])
+            assert e["placement_chamfer_mean"] == pytest.approx(np.mean([r["placement_chamfer"] for r in placed]))
             assert e["best_vs_known_pose"] <= e["vs_known_pose"]
+        else:
+            assert "placement_chamfer_mean" not in e
     # alternatives: scored for our fits, the best shown never worse than the result
     for r in rows:
         if r["method"] == "ours":
