@@ -143,7 +143,7 @@ class CompletionEvalResult:
     ``repeat``, ``chamfer``, ``f_0.01``, ``f_0.02``, ``seconds`` and, for estimated poses,
     ``scale_error`` (relative), ``yaw_error_degrees``, ``rotation_error_degrees`` (the angle of
     the rotation between the true and the estimated), ``offset_error`` (model units) and
-    ``placement_chamfer`` (:func:`placement_chamfer`: what the pose error alone costs, zero
+    ``placement_chamfer`` (:func:`placement_chamfer`: what the pose error alone costs, near zero
     for a turn that maps the shape onto itself)."""
 
     rows: list[dict]
@@ -470,7 +470,7 @@ def placement_chamfer(truth: np.ndarray, true_model_to_input: np.ndarray, model_
     """What a placement error alone costs: the reference Chamfer (squared, model units)
     between the true surface and the same surface where the estimated placement puts it,
     seen from the true model frame — the error a perfect shape fitted at that placement
-    would have. Zero for a turn that maps the shape onto itself (a three-legged stool
+    would have. Near zero for a turn that maps the shape onto itself (a three-legged stool
     turned by 120 degrees), where the yaw error is not.
 
     truth: (n, 3) surface samples, model frame; true_model_to_input, model_to_input:
