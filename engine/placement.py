@@ -191,8 +191,9 @@ class PlacementConfig:
     anchor), unknown / known 1.00 -> 0.64 (0.97 without stool 0010, whose known-pose fit is
     poor); one view with 5 % outliers (32 scans) unknown / known 1.05 (the previous model
     with neither: 1.16); without outliers (session 22, 32 scans each) one view 1.07 and three
-    views 0.81 (the previous model with neither: 1.09 and 1.03). 1e-2 was worse than 3e-3 on 5 of 5 selected scans. With the previous bundled model
-    (144 chairs) 3e-3 alone was 1.04 x worse (16 scans), which is why it was off until then."""
+    views 0.81 (the previous model with neither: 1.09 and 1.03). 1e-2 was worse than 3e-3 on
+    5 of 5 selected scans. With the previous bundled model (144 chairs) 3e-3 alone was
+    1.04 x worse (16 scans), which is why it was off until then."""
     box_anchor: bool = True
     """After the refit (and the polish): where the scan spans the object along a model axis
     (both ends of that axis in view of a sensor, :func:`engine.api.spanned_axes`), move the
