@@ -570,7 +570,7 @@ def refit_placement(
         stacked = final.poses @ ref
     order = np.argsort(final.restart_losses, kind="stable")
     candidates = [Candidate(final.codes[j], stacked[j], float(final.restart_losses[j])) for j in order]
-    leaders = candidates[: max(1, placement.offset_candidates)] if rounds else []
+    leaders = candidates[: placement.offset_candidates] if rounds else []  # 1 or more (PlacementConfig)
     span = 300 // max(rounds * len(leaders), 1)
     polished = []
     for j, (c, p, v) in enumerate(leaders):

@@ -151,9 +151,8 @@ class CompletionEvalResult:
 
     def summary(self) -> list[dict]:
         """Per condition: shape and case counts (shapes x repeats), mean and median Chamfer, mean
-        F-scores and seconds; for estimated poses the mean and median ``placement_chamfer``,
-        ``vs_known_pose``, the mean Chamfer over
-        the mean of the same scans' known-pose (ours, same sensor) completions, on the
+        F-scores and seconds; for estimated poses the mean and median ``placement_chamfer``
+        and ``vs_known_pose``, the mean Chamfer over the mean of the same scans' known-pose (ours, same sensor) completions, on the
         cases both completed, and ``vs_known_pose_ci`` its 95 % bootstrap interval
         (shapes resampled); ``vs_reference``, the mean Chamfer over the reference-style
         fit's mean on the same scans (no interval)."""
@@ -423,11 +422,11 @@ def _complete(
     config: CompletionEvalConfig,
     mesh_cfg: MeshConfig,
     seed: int,
-    truth: np.ndarray | None = None,
+    truth: np.ndarray,
 ) -> tuple[Mesh, dict, list[Mesh]]:
     """One completion (fits seeded with ``seed``); returns the mesh in the model frame,
-    pose errors (estimated poses; with ``truth``, (n, 3) surface samples in the model
-    frame, the placement Chamfer too) and the alternatives' meshes (model frame)."""
+    pose errors (estimated poses, the placement Chamfer against ``truth``, (n, 3) surface
+    samples in the model frame) and the alternatives' meshes (model frame)."""
     from . import api
 
     if cond.method == "reference":
@@ -449,6 +448,7 @@ def _complete(
         alternatives=config.alternatives,
     )
     extra: dict = {}
+    back = np.linalg.inv(m2i)
     if cond.pose != "known":
         est = rec.model_to_input
         true_scale = float(np.cbrt(np.linalg.det(m2i[:3, :3])))
@@ -459,10 +459,8 @@ def _complete(
         # the whole rotation's error: the angle of the relative rotation
         extra["rotation_error_degrees"] = float(math.degrees(math.acos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
         # where the estimate puts the model frame's origin, seen from the true model frame
-        extra["offset_error"] = float(np.linalg.norm((np.linalg.inv(m2i) @ est)[:3, 3]))
-        if truth is not None:
-            extra["placement_chamfer"] = placement_chamfer(truth, m2i, est)
-    back = np.linalg.inv(m2i)
+        extra["offset_error"] = float(np.linalg.norm((back @ est)[:3, 3]))
+        extra["placement_chamfer"] = placement_chamfer(truth, m2i, est)
     return rec.mesh.apply_matrix(back), extra, [alt.mesh.apply_matrix(back) for alt in rec.alternatives]
 
 
